@@ -1,0 +1,28 @@
+"""sdrt: an optimized inference runtime for Stable Diffusion.
+
+Importing sdrt is cheap and never imports torch: ``Pipeline`` loads the runtime, ``export`` the
+exporter (torch, diffusers) only when first used.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+__all__ = ["Pipeline", "GenerationResult", "export", "__version__"]
+
+if TYPE_CHECKING:
+    from .export import export
+    from .runtime import GenerationResult, Pipeline
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("Pipeline", "GenerationResult"):
+        from . import runtime
+
+        return getattr(runtime, name)
+    if name == "export":
+        from .export import export
+
+        return export
+    raise AttributeError(f"module 'sdrt' has no attribute {name!r}")

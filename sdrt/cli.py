@@ -1,0 +1,136 @@
+"""``sdrt export|generate|info``: parses arguments, calls the Python API, prints results.
+
+Errors sdrt raises on purpose are printed as one message (no traceback) with a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+from .errors import SdrtError
+
+log = logging.getLogger("sdrt")
+
+
+def _size_range(text: str) -> tuple[int, int]:
+    try:
+        lo, hi = (int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected MIN,MAX in pixels (e.g. 256,1024), got {text!r}") from None
+    return lo, hi
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from .export import export
+
+    started = time.perf_counter()
+    manifest = export(
+        args.model,
+        args.out,
+        fp16=args.fp16,
+        allow_pickle=args.allow_pickle,
+        arch=args.arch,
+        size_range=args.size_range,
+        max_batch=args.max_batch,
+    )
+    print((Path(args.out) / "validation.txt").read_text(), end="")
+    print(f"exported {args.model} ({manifest.family}, {manifest.precision}) to {args.out} "
+          f"in {time.perf_counter() - started:.1f} s")
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    from tqdm import tqdm
+
+    from .runtime import Pipeline
+
+    with Pipeline.load(args.folder, backend=args.backend) as pipe:
+        print(f"backend: {pipe.backend.name} on {pipe.backend.device}")
+        with tqdm(total=args.steps, desc="denoising", unit="step", disable=args.quiet) as bar:
+            result = pipe(
+                prompt=args.prompt,
+                negative_prompt=args.negative_prompt,
+                num_inference_steps=args.steps,
+                guidance_scale=args.guidance,
+                height=args.height,
+                width=args.width,
+                seed=args.seed,
+                scheduler=args.sampler,
+                num_images=args.batch,
+                callback=lambda i, n: bar.update(1),
+            )
+    for path in result.save(args.out):
+        print(f"wrote {path}")
+    stages = ", ".join(f"{k} {v:.2f} s" for k, v in result.timings.items())
+    print(f"seed {result.seed}; {stages}")
+
+
+def cmd_info(args: argparse.Namespace) -> None:
+    from .manifest import load_manifest
+
+    m = load_manifest(args.folder)
+    print(f"{args.folder}: {m.family}, {m.precision}, model hash {m.model_hash}, source {m.source}")
+    print(f"sizes {m.size_range[0]}..{m.size_range[1]} px (default {m.default_size}), batch up to {m.max_batch}, "
+          f"prediction {m.prediction_type}, scheduler {m.scheduler_config.get('_class_name')}")
+    for name, c in m.components.items():
+        print(f"  {name:<13} {c.file:<20} {c.precision}  " + ", ".join(f"{t.name}{list(t.shape)}" for t in c.inputs))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .runtime.schedulers import SCHEDULER_NAMES
+
+    parser = argparse.ArgumentParser(prog="sdrt", description="Optimized Stable Diffusion inference runtime.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more detail")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("export", help="export a pipeline to ONNX and validate it against PyTorch")
+    p.add_argument("model", help="built-in name (tiny, tiny-sd2, sd15-arch, sd21-arch), diffusers folder, or .safetensors")
+    p.add_argument("out", help="output folder")
+    p.add_argument("--fp16", action="store_true", help="write fp16 graphs (weights and compute)")
+    p.add_argument("--allow-pickle", action="store_true", help="allow pickle checkpoints (.ckpt/.bin): they can run code")
+    p.add_argument("--arch", help="architecture of a .safetensors checkpoint when its keys cannot tell (sd15, sd21, tiny, …)")
+    p.add_argument("--size-range", type=_size_range, metavar="MIN,MAX", help="image sides in pixels the export supports")
+    p.add_argument("--max-batch", type=int, default=8, help="largest number of images per call (default 8)")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("generate", help="generate images from an export folder")
+    p.add_argument("folder", help="export folder (from sdrt export)")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--negative-prompt", default=None)
+    p.add_argument("--steps", type=int, default=25)
+    p.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale")
+    p.add_argument("--seed", type=int, default=None, help="random when omitted (printed)")
+    p.add_argument("--width", type=int, default=None, help="multiple of 8; default the model's native size")
+    p.add_argument("--height", type=int, default=None)
+    p.add_argument("--sampler", default=None, help=f"{', '.join(SCHEDULER_NAMES)} (default: the model's own)")
+    p.add_argument("--batch", type=int, default=1, help="images per prompt")
+    p.add_argument("--backend", default="onnxruntime")
+    p.add_argument("--out", default="sdrt.png", help="PNG path; a batch writes NAME-0.png, NAME-1.png, …")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("info", help="describe an export folder")
+    p.add_argument("folder")
+    p.set_defaults(func=cmd_info)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="sdrt: %(message)s")
+    try:
+        args.func(args)
+    except SdrtError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,148 @@
+"""Each exported component: a torch module with the fixed IO names of the export-folder contract,
+its symbolic shapes, and how to make inputs of a given shape for tracing and validation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from ..families import Family, TextEncoderSpec
+from ..manifest import TensorSpec
+
+
+@dataclass(frozen=True)
+class Shape:
+    """One concrete shape to trace or validate at: images per batch, latent height/width, tokens."""
+
+    batch: int
+    latent_h: int
+    latent_w: int
+    tokens: int = 77
+
+
+@dataclass(frozen=True)
+class ComponentGraph:
+    name: str
+    module: torch.nn.Module
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    make_inputs: Callable[[Shape, torch.Generator], dict[str, torch.Tensor]]
+    # Node-name prefixes kept in fp32 by --fp16 (besides the normalisation ops, see onnx_io).
+    fp32_scopes: tuple[str, ...] = ()
+
+    def dynamic_axes(self) -> dict[str, dict[int, str]]:
+        return {t.name: {i: d for i, d in enumerate(t.shape) if isinstance(d, str)} for t in self.inputs + self.outputs}
+
+
+class TextEncoderGraph(torch.nn.Module):
+    def __init__(self, encoder: torch.nn.Module, spec: TextEncoderSpec):
+        super().__init__()
+        self.encoder, self.spec = encoder, spec
+
+    def forward(self, input_ids: torch.Tensor):
+        out = self.encoder(input_ids.to(torch.int64), output_hidden_states=self.spec.hidden_state != "last")
+        if self.spec.hidden_state == "last":
+            hidden = out.last_hidden_state
+        else:
+            hidden = out.hidden_states[-2]
+            if self.spec.final_layer_norm:
+                hidden = self.encoder.text_model.final_layer_norm(hidden)
+        if self.spec.pooled:
+            return hidden, out[0 if hasattr(out, "text_embeds") else 1]
+        return hidden
+
+
+class UNetGraph(torch.nn.Module):
+    def __init__(self, unet: torch.nn.Module):
+        super().__init__()
+        self.unet = unet
+
+    def forward(self, sample, timestep, encoder_hidden_states):
+        return self.unet(sample, timestep, encoder_hidden_states, return_dict=False)[0]
+
+
+class VaeDecoderGraph(torch.nn.Module):
+    def __init__(self, vae: torch.nn.Module):
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, latent):
+        return self.vae.decode(latent, return_dict=False)[0]
+
+
+class VaeEncoderGraph(torch.nn.Module):
+    def __init__(self, vae: torch.nn.Module):
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, image):
+        return self.vae.encode(image, return_dict=False)[0].mean
+
+
+def component_graphs(pipe, family: Family) -> list[ComponentGraph]:
+    """The four graphs of an SD 1.x/2.x pipeline, wrapped with the contract's IO names."""
+    unet, vae = pipe.unet, pipe.vae
+    text_dim = pipe.text_encoder.config.hidden_size
+    vocab = pipe.text_encoder.config.vocab_size
+    channels = unet.config.in_channels
+    latent_channels = vae.config.latent_channels
+    scale = 2 ** (len(vae.config.block_out_channels) - 1)
+    f32 = "float32"
+
+    def ids(s: Shape, g):
+        return {"input_ids": torch.randint(0, vocab, (s.batch, s.tokens), generator=g, dtype=torch.int32)}
+
+    def unet_inputs(s: Shape, g):
+        b = 2 * s.batch  # classifier-free guidance: negative and positive in one call
+        return {
+            "sample": torch.randn(b, channels, s.latent_h, s.latent_w, generator=g),
+            "timestep": torch.randint(0, 1000, (b,), generator=g).float(),
+            "encoder_hidden_states": torch.randn(b, s.tokens, text_dim, generator=g),
+        }
+
+    def latent(s: Shape, g):
+        return {"latent": torch.randn(s.batch, latent_channels, s.latent_h, s.latent_w, generator=g)}
+
+    def image(s: Shape, g):
+        return {"image": torch.rand(s.batch, 3, s.latent_h * scale, s.latent_w * scale, generator=g) * 2 - 1}
+
+    (text_spec,) = family.text_encoders
+    return [
+        ComponentGraph(
+            "text_encoder",
+            TextEncoderGraph(pipe.text_encoder, text_spec),
+            (TensorSpec("input_ids", "int32", ("B", "T")),),
+            (TensorSpec("last_hidden_state", f32, ("B", "T", text_dim)),),
+            ids,
+        ),
+        ComponentGraph(
+            "unet",
+            UNetGraph(unet),
+            (
+                TensorSpec("sample", f32, ("2B", channels, "h", "w")),
+                TensorSpec("timestep", f32, ("2B",)),
+                TensorSpec("encoder_hidden_states", f32, ("2B", "T", text_dim)),
+            ),
+            (TensorSpec("noise_pred", f32, ("2B", unet.config.out_channels, "h", "w")),),
+            unet_inputs,
+            # The sinusoidal timestep embedding of t up to 999 loses whole radians in fp16;
+            # diffusers computes it in fp32 for fp16 models too.
+            fp32_scopes=("/unet/time_proj/",),
+        ),
+        ComponentGraph(
+            "vae_decoder",
+            VaeDecoderGraph(vae),
+            (TensorSpec("latent", f32, ("B", latent_channels, "h", "w")),),
+            (TensorSpec("image", f32, ("B", 3, "H", "W")),),
+            latent,
+        ),
+        ComponentGraph(
+            "vae_encoder",
+            VaeEncoderGraph(vae),
+            (TensorSpec("image", f32, ("B", 3, "H", "W")),),
+            (TensorSpec("latent", f32, ("B", latent_channels, "h", "w")),),
+            image,
+        ),
+    ]

@@ -1,0 +1,97 @@
+"""Where a model comes from: a built-in name, a diffusers folder, or a single-file checkpoint."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import ModelSourceError
+from ..fileio import sha256_file
+from .builtin import BUILTIN_MODELS, build_random_pipeline
+
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
+
+
+@dataclass
+class LoadedModel:
+    pipe: object  # a diffusers pipeline, in fp32 on the CPU
+    kind: str  # "builtin" | "diffusers" | "single_file"
+    name: str  # as the user gave it
+    model_hash: str  # AUTOMATIC1111-style short hash (first 10 hex digits of a sha256)
+    size_range: tuple[int, int] | None = None  # a built-in model's own size range
+
+
+def _pickle_refusal(what: str) -> ModelSourceError:
+    return ModelSourceError(
+        f"{what} is a pickle file, and loading a pickle can run arbitrary code. Prefer a .safetensors "
+        "version of the model; if you trust this file, pass --allow-pickle."
+    )
+
+
+def _weights_hash(pipe) -> str:
+    """Hash of every weight of the pipeline's networks, for sources without one checkpoint file."""
+    digest = hashlib.sha256()
+    for part in ("text_encoder", "text_encoder_2", "unet", "vae"):
+        module = getattr(pipe, part, None)
+        if module is None:
+            continue
+        for key, tensor in sorted(module.state_dict().items()):
+            digest.update(f"{part}.{key}".encode())
+            digest.update(tensor.detach().contiguous().cpu().numpy().tobytes())
+    return digest.hexdigest()[:10]
+
+
+def _load_diffusers_folder(folder: Path, allow_pickle: bool):
+    import torch
+    from diffusers import DiffusionPipeline
+
+    has_safetensors = any(folder.rglob("*.safetensors"))
+    if not has_safetensors and any(p.suffix in PICKLE_SUFFIXES for p in folder.rglob("*")) and not allow_pickle:
+        raise _pickle_refusal(f"{folder} holds only pickle weights (.bin/.ckpt), which")
+    try:
+        return DiffusionPipeline.from_pretrained(
+            folder,
+            torch_dtype=torch.float32,
+            local_files_only=True,
+            use_safetensors=None if allow_pickle else True,
+            safety_checker=None,
+            requires_safety_checker=False,
+        )
+    except Exception as e:  # diffusers raises OSError, ValueError, EnvironmentError, ...
+        raise ModelSourceError(f"could not load the diffusers folder {folder}: {e}") from e
+
+
+def load_model(model: str, allow_pickle: bool = False, arch: str | None = None) -> LoadedModel:
+    """Load ``model`` (a built-in name, a diffusers folder or a checkpoint file) as a diffusers pipeline.
+
+    ``arch`` names the architecture config (``sdrt/data/arch``) of a single-file checkpoint when its
+    keys cannot tell it.
+    """
+    if model in BUILTIN_MODELS:
+        arch, size_range = BUILTIN_MODELS[model]
+        pipe = build_random_pipeline(arch)
+        return LoadedModel(pipe, "builtin", model, _weights_hash(pipe), size_range)
+
+    path = Path(model).expanduser()
+    if not path.exists():
+        raise ModelSourceError(
+            f"{model!r} is neither a built-in model ({', '.join(BUILTIN_MODELS)}) nor an existing path. "
+            "Give a diffusers folder (with model_index.json), a .safetensors checkpoint, or a built-in name."
+        )
+    if path.is_dir():
+        if not (path / "model_index.json").is_file():
+            raise ModelSourceError(f"{path} has no model_index.json, so it is not a diffusers pipeline folder.")
+        pipe = _load_diffusers_folder(path, allow_pickle)
+        return LoadedModel(pipe, "diffusers", model, _weights_hash(pipe))
+
+    suffix = path.suffix.lower()
+    if suffix in PICKLE_SUFFIXES and not allow_pickle:
+        raise _pickle_refusal(str(path))
+    if suffix != ".safetensors" and suffix not in PICKLE_SUFFIXES:
+        raise ModelSourceError(f"{path} is not a .safetensors checkpoint or a diffusers folder.")
+    from .single_file import load_single_file
+
+    pipe = load_single_file(path, arch, allow_pickle=allow_pickle)
+    # AUTOMATIC1111 names a checkpoint by the first 10 hex digits of the file's sha256.
+    return LoadedModel(pipe, "single_file", model, sha256_file(path)[:10])

@@ -1,0 +1,65 @@
+"""What differs between Stable Diffusion families, in one place.
+
+Export, engine building and the runtime all read these descriptions instead of branching on
+family names, so a new family (SDXL: two text encoders, pooled embeddings, time ids) is a new
+entry here plus the code for its extra inputs, not a redesign.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+FamilyName = Literal["sd1", "sd2", "sdxl"]
+
+
+@dataclass(frozen=True)
+class TextEncoderSpec:
+    component: str  # graph name in the export folder: "text_encoder", "text_encoder_2"
+    tokenizer: str  # tokenizer folder in the export folder
+    hidden_state: Literal["last", "penultimate"]  # which hidden state conditions the U-Net
+    final_layer_norm: bool  # whether that hidden state goes through the final LayerNorm
+    pooled: bool  # whether the family also needs the pooled (projected) embedding
+
+
+@dataclass(frozen=True)
+class Family:
+    name: FamilyName
+    description: str
+    text_encoders: tuple[TextEncoderSpec, ...]
+    unet_extra_inputs: tuple[str, ...]  # inputs beyond sample/timestep/encoder_hidden_states
+    default_size: int  # native image side in pixels
+    size_range: tuple[int, int]  # image sides the export declares (pixels)
+    exportable: bool  # whether `sdrt export` supports the family yet
+
+
+_CLIP = TextEncoderSpec("text_encoder", "tokenizer", "last", True, False)
+
+FAMILIES: dict[str, Family] = {
+    "sd1": Family("sd1", "Stable Diffusion 1.x (CLIP ViT-L/14, epsilon)", (_CLIP,), (), 512, (256, 1024), True),
+    # SD 2.x's "penultimate layer" is baked into its config: the text encoder has 23 of
+    # OpenCLIP-H's 24 layers and its output still goes through the final LayerNorm.
+    "sd2": Family("sd2", "Stable Diffusion 2.x (OpenCLIP ViT-H/14, v-prediction or epsilon)", (_CLIP,), (), 768,
+                  (256, 1024), True),
+    "sdxl": Family(
+        "sdxl",
+        "Stable Diffusion XL (CLIP ViT-L + OpenCLIP ViT-bigG, pooled embeddings, time ids)",
+        (
+            TextEncoderSpec("text_encoder", "tokenizer", "penultimate", False, False),
+            TextEncoderSpec("text_encoder_2", "tokenizer_2", "penultimate", False, True),
+        ),
+        ("text_embeds", "time_ids"),
+        1024,
+        (512, 1536),
+        False,
+    ),
+}
+
+
+def detect_family(pipeline_class: str, text_hidden_size: int, prediction_type: str) -> Family:
+    """Tell the family from facts every diffusers folder states (model_index.json and configs)."""
+    if "XL" in pipeline_class:
+        return FAMILIES["sdxl"]
+    if text_hidden_size == 1024 or prediction_type == "v_prediction":
+        return FAMILIES["sd2"]
+    return FAMILIES["sd1"]

@@ -1,0 +1,68 @@
+"""The backend interface: run one component of an export folder on one engine.
+
+Like polygraphy's runners: used as a context manager, public ``load``/``run``/``close`` wrap small
+``*_impl`` methods, and inputs are checked against the manifest before they reach the engine.
+Output arrays may be buffers the backend reuses: copy them if you keep them past the next ``run``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+import numpy as np
+
+from ...errors import BackendError
+from ...manifest import ComponentSpec, Manifest
+
+
+class Backend(ABC):
+    name: str = "?"
+
+    def __init__(self) -> None:
+        self.folder: Path | None = None
+        self.manifest: Manifest | None = None
+        self.device = "unknown"  # what the backend really runs on, e.g. "CPUExecutionProvider"
+
+    def load(self, folder: Path, manifest: Manifest) -> Backend:
+        self.folder, self.manifest = Path(folder), manifest
+        self.load_impl()
+        return self
+
+    def run(self, component: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        spec = self._spec(component)
+        checked = {}
+        for t in spec.inputs:
+            if t.name not in feeds:
+                raise BackendError(f"{component} needs input {t.name!r}; got {sorted(feeds)}")
+            value = np.asarray(feeds[t.name])
+            if value.ndim != len(t.shape):
+                raise BackendError(f"{component} input {t.name!r} must have {len(t.shape)} dims {t.shape}, got {value.shape}")
+            checked[t.name] = np.ascontiguousarray(value, dtype=t.dtype)
+        return self.run_impl(component, checked)
+
+    def close(self) -> None:
+        self.close_impl()
+
+    def __enter__(self) -> Backend:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _spec(self, component: str) -> ComponentSpec:
+        if self.manifest is None:
+            raise BackendError(f"{self.name} backend used before load()")
+        try:
+            return self.manifest.components[component]
+        except KeyError:
+            raise BackendError(f"the export has no {component!r} graph (it has {sorted(self.manifest.components)})") from None
+
+    @abstractmethod
+    def load_impl(self) -> None: ...
+
+    @abstractmethod
+    def run_impl(self, component: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+    def close_impl(self) -> None:
+        pass

@@ -1,0 +1,39 @@
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+version = next(
+    line.split('"')[1] for line in Path("sdrt/__init__.py").read_text().splitlines() if line.startswith("__version__")
+)
+
+setup(
+    name="sdrt",
+    version=version,
+    description="Optimized inference runtime for Stable Diffusion: ONNX export, TensorRT engines, a lean numpy runtime",
+    long_description=Path("README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["sdrt", "sdrt.*"]),
+    package_data={"sdrt": ["data/clip/*", "data/arch/*/*.json", "data/arch/*/*/*.json"]},
+    # The runtime: numpy + ONNX Runtime + tokenizers + Pillow. Never torch.
+    install_requires=[
+        "numpy>=1.24",
+        "onnxruntime>=1.17",
+        "pillow>=10",
+        "tokenizers>=0.15",
+        "tqdm>=4.60",
+    ],
+    extras_require={
+        # torch is pinned to the CPU build that installs from a local wheel; an unpinned torch
+        # would pull a multi-GB CUDA build.
+        "export": [
+            "torch==2.13.0",
+            "diffusers>=0.30",
+            "transformers>=4.40",
+            "onnx>=1.16",
+            "safetensors>=0.4",
+        ],
+        "test": ["pytest>=7"],
+    },
+    entry_points={"console_scripts": ["sdrt=sdrt.cli:main"]},
+)

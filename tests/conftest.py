@@ -1,0 +1,42 @@
+"""Shared fixtures: tiny exports are made once per test session, in a temporary folder."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is ever downloaded
+
+
+@pytest.fixture(scope="session")
+def export_dir(tmp_path_factory):
+    """Export a built-in model once per session: ``export_dir("tiny", fp16=False)`` → folder."""
+    from sdrt.export import export
+
+    made = {}
+
+    def get(model: str = "tiny", fp16: bool = False):
+        key = (model, fp16)
+        if key not in made:
+            out = tmp_path_factory.mktemp(f"{model}-{'fp16' if fp16 else 'fp32'}") / "export"
+            export(model, out, fp16=fp16)
+            made[key] = out
+        return made[key]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def reference_pipeline():
+    """The diffusers pipeline a built-in export came from (same seed, same weights)."""
+    from sdrt.export.builtin import BUILTIN_MODELS, build_random_pipeline
+
+    made = {}
+
+    def get(model: str = "tiny"):
+        if model not in made:
+            made[model] = build_random_pipeline(BUILTIN_MODELS[model][0])
+        return made[model]
+
+    return get

@@ -1,0 +1,132 @@
+"""Test helper: rename diffusers-format state dicts to the original LDM (CompVis) single-file layout.
+
+This is the inverse of the key mapping diffusers applies when it reads a single-file checkpoint, so
+tests can write a realistic checkpoint from a tiny random pipeline and check that loading it back
+gives the very same weights. Only the plain text-to-image StableDiffusion layout is covered.
+"""
+
+import re
+
+import torch
+
+UNET_PREFIX = "model.diffusion_model."
+VAE_PREFIX = "first_stage_model."
+CLIP_PREFIX = "cond_stage_model.transformer.text_model."  # SD 1.x: HF CLIP weights, wrapped
+OPEN_CLIP_PREFIX = "cond_stage_model.model."  # SD 2.x: OpenCLIP weights
+
+_UNET_FIXED = {
+    "time_embedding.linear_1.": "time_embed.0.",
+    "time_embedding.linear_2.": "time_embed.2.",
+    "conv_in.": "input_blocks.0.0.",
+    "conv_norm_out.": "out.0.",
+    "conv_out.": "out.2.",
+}
+_UNET_RESNET = {
+    "norm1": "in_layers.0",
+    "conv1": "in_layers.2",
+    "time_emb_proj": "emb_layers.1",
+    "norm2": "out_layers.0",
+    "conv2": "out_layers.3",
+    "conv_shortcut": "skip_connection",
+}
+
+
+def _resnet(rest: str, table: dict[str, str]) -> str:
+    head, _, tail = rest.partition(".")
+    return f"{table.get(head, head)}.{tail}"
+
+
+def unet_to_ldm(state: dict[str, torch.Tensor], config) -> dict[str, torch.Tensor]:
+    per = config["layers_per_block"] + 1  # LDM numbers resnets and resamplers in one flat list
+    # Up blocks with attention put their upsampler at index 2, after the attention at index 1.
+    up_has_attn = {int(k.split(".")[1]) for k in state if re.match(r"up_blocks\.\d+\.attentions\.", k)}
+    out = {}
+    for key, value in state.items():
+        for old, new in _UNET_FIXED.items():
+            if key.startswith(old):
+                new_key = new + key[len(old):]
+                break
+        else:
+            new_key = _unet_block_key(key, per, up_has_attn)
+        out[UNET_PREFIX + new_key] = value
+    return out
+
+
+def _unet_block_key(key: str, per: int, up_has_attn: set[int]) -> str:
+    if m := re.fullmatch(r"down_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.+)", key):
+        b, kind, i, rest = int(m[1]), m[2], int(m[3]), m[4]
+        idx = 1 + b * per + i
+        return f"input_blocks.{idx}.0.{_resnet(rest, _UNET_RESNET)}" if kind == "resnets" else f"input_blocks.{idx}.1.{rest}"
+    if m := re.fullmatch(r"down_blocks\.(\d+)\.downsamplers\.0\.conv\.(.+)", key):
+        return f"input_blocks.{1 + int(m[1]) * per + per - 1}.0.op.{m[2]}"
+    if m := re.fullmatch(r"mid_block\.resnets\.(\d+)\.(.+)", key):
+        return f"middle_block.{2 * int(m[1])}.{_resnet(m[2], _UNET_RESNET)}"
+    if m := re.fullmatch(r"mid_block\.attentions\.0\.(.+)", key):
+        return f"middle_block.1.{m[1]}"
+    if m := re.fullmatch(r"up_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.+)", key):
+        b, kind, i, rest = int(m[1]), m[2], int(m[3]), m[4]
+        idx = b * per + i
+        return f"output_blocks.{idx}.0.{_resnet(rest, _UNET_RESNET)}" if kind == "resnets" else f"output_blocks.{idx}.1.{rest}"
+    if m := re.fullmatch(r"up_blocks\.(\d+)\.upsamplers\.0\.conv\.(.+)", key):
+        b = int(m[1])
+        return f"output_blocks.{b * per + per - 1}.{2 if b in up_has_attn else 1}.conv.{m[2]}"
+    raise KeyError(f"no LDM name for UNet key {key!r}")
+
+
+_VAE_ATTN = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
+
+
+def vae_to_ldm(state: dict[str, torch.Tensor], config) -> dict[str, torch.Tensor]:
+    n = len(config["block_out_channels"])
+    out = {}
+    for key, value in state.items():
+        new_key = key.replace("conv_norm_out.", "norm_out.")
+        if m := re.fullmatch(r"(encoder|decoder)\.(down|up)_blocks\.(\d+)\.(resnets|downsamplers|upsamplers)\.(\d+)\.(.+)", key):
+            part, updown, b, kind, i, rest = m.groups()
+            # The LDM decoder counts its up blocks from the lowest resolution's end.
+            b = int(b) if updown == "down" else n - 1 - int(b)
+            if kind == "resnets":
+                new_key = f"{part}.{updown}.{b}.block.{i}.{rest.replace('conv_shortcut', 'nin_shortcut')}"
+            else:
+                new_key = f"{part}.{updown}.{b}.{updown}sample.{rest}"
+        elif m := re.fullmatch(r"(encoder|decoder)\.mid_block\.resnets\.(\d+)\.(.+)", key):
+            new_key = f"{m[1]}.mid.block_{int(m[2]) + 1}.{m[3]}"
+        elif m := re.fullmatch(r"(encoder|decoder)\.mid_block\.attentions\.0\.(group_norm|to_q|to_k|to_v|to_out\.0)\.(weight|bias)", key):
+            new_key = f"{m[1]}.mid.attn_1.{_VAE_ATTN[m[2]]}.{m[3]}"
+            if m[2] != "group_norm" and m[3] == "weight":
+                value = value[:, :, None, None]  # LDM uses 1x1 convolutions here, diffusers Linear
+        out[VAE_PREFIX + new_key] = value
+    return out
+
+
+def clip_to_ldm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    out = {CLIP_PREFIX + k: v for k, v in state.items()}
+    # Original SD 1.x checkpoints carry this buffer; loaders must tolerate it.
+    n = state["embeddings.position_embedding.weight"].shape[0]
+    out[CLIP_PREFIX + "embeddings.position_ids"] = torch.arange(n)[None]
+    return out
+
+
+def open_clip_to_ldm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    out = {
+        "token_embedding.weight": state["embeddings.token_embedding.weight"],
+        "positional_embedding": state["embeddings.position_embedding.weight"],
+        "ln_final.weight": state["final_layer_norm.weight"],
+        "ln_final.bias": state["final_layer_norm.bias"],
+    }
+    hidden = state["final_layer_norm.weight"].shape[0]
+    out["text_projection"] = torch.zeros(hidden, hidden)  # present in real files, unused by SD
+    names = {"layer_norm1": "ln_1", "layer_norm2": "ln_2", "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj",
+             "self_attn.out_proj": "attn.out_proj"}
+    for key, value in state.items():
+        m = re.fullmatch(r"encoder\.layers\.(\d+)\.(.+)\.(weight|bias)", key)
+        if not m:
+            continue
+        block, name, kind = f"transformer.resblocks.{m[1]}", m[2], m[3]
+        if name in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"):
+            if name.endswith("q_proj"):  # OpenCLIP packs q, k, v into one matrix
+                packed = [state[f"encoder.layers.{m[1]}.self_attn.{p}_proj.{kind}"] for p in "qkv"]
+                out[f"{block}.attn.in_proj_{kind}"] = torch.cat(packed)
+            continue
+        out[f"{block}.{names[name]}.{kind}"] = value
+    return {OPEN_CLIP_PREFIX + k: v for k, v in out.items()}

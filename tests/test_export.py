@@ -1,0 +1,113 @@
+"""Export: every graph matches PyTorch; the folder carries what the runtime needs; failures lose nothing."""
+
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from sdrt.errors import ExportError, ModelSourceError
+from sdrt.export import export, onnx_io
+from sdrt.export.validate import TOLERANCE
+from sdrt.manifest import load_manifest
+
+COMPONENTS = {"text_encoder", "unet", "vae_decoder", "vae_encoder"}
+
+
+@pytest.mark.parametrize("model,fp16", [("tiny", False), ("tiny-sd2", False), ("tiny", True)])
+def test_graphs_match_pytorch(export_dir, model, fp16):
+    folder = export_dir(model, fp16)
+    checks = json.loads((folder / "validation.json").read_text())
+    tolerance = TOLERANCE["fp16" if fp16 else "fp32"]  # fp32: 1e-4, fp16: 1e-2 relative error
+    assert {c["component"] for c in checks} == COMPONENTS
+    for name in COMPONENTS:  # two shapes per graph, neither the traced one
+        assert len({c["shape"] for c in checks if c["component"] == name}) == 2
+    for c in checks:
+        assert c["finite"] and c["relative_error"] < tolerance, c
+
+
+def test_manifest_describes_the_export(export_dir):
+    m = load_manifest(export_dir("tiny-sd2"))
+    assert m.family == "sd2" and m.prediction_type == "v_prediction" and m.precision == "fp32"
+    assert set(m.components) == COMPONENTS
+    unet = m.components["unet"]
+    assert [t.name for t in unet.inputs] == ["sample", "timestep", "encoder_hidden_states"]
+    assert unet.input("sample").shape == ("2B", 4, "h", "w")
+    assert m.components["text_encoder"].input("input_ids").dtype == "int32"
+    assert m.tokenizers["tokenizer"].pad_token_id == 0  # SD 2.x pads with "!"
+    assert m.scheduler_config["_class_name"] == "DDIMScheduler"
+    assert m.vae_scale_factor == 8 and m.size_range == (64, 512) and len(m.model_hash) == 10
+    assert load_manifest(export_dir("tiny")).family == "sd1"
+
+
+def test_fp16_graphs_hold_fp16_weights(export_dir):
+    model = onnx.load(str(export_dir("tiny", fp16=True) / "unet.onnx"))
+    dtypes = {init.data_type for init in model.graph.initializer if len(init.dims) >= 2}
+    assert dtypes == {onnx.TensorProto.FLOAT16}
+    assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # IO stays fp32
+
+
+def test_dynamic_shapes_run_at_other_sizes(export_dir):
+    folder = export_dir("tiny")
+    unet = ort.InferenceSession(str(folder / "unet.onnx"), providers=["CPUExecutionProvider"])
+    for b, h, w, t in [(2, 8, 8, 77), (6, 9, 13, 154), (1, 64, 40, 77)]:  # odd latents, two prompt chunks
+        out = unet.run(None, {
+            "sample": np.zeros((b, 4, h, w), np.float32),
+            "timestep": np.full(b, 500, np.float32),
+            "encoder_hidden_states": np.zeros((b, t, 32), np.float32),
+        })[0]
+        assert out.shape == (b, 4, h, w)
+
+
+def test_large_graphs_use_one_external_data_file(tmp_path, monkeypatch):
+    from sdrt.export.builtin import build_random_pipeline
+    from sdrt.export.graphs import Shape, component_graphs
+    from sdrt.families import FAMILIES
+
+    graph = component_graphs(build_random_pipeline("tiny"), FAMILIES["sd1"])[2]  # vae_decoder
+    proto = onnx_io.trace_to_onnx(graph, Shape(1, 9, 11))
+    monkeypatch.setattr(onnx_io, "EXTERNAL_DATA_THRESHOLD", 1000)  # pretend it is over 2 GB
+    file, data, _ = onnx_io.save(proto, tmp_path, "vae_decoder")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["vae_decoder.onnx", "vae_decoder.onnx.data"]
+    session = ort.InferenceSession(str(tmp_path / file), providers=["CPUExecutionProvider"])
+    assert session.run(None, {"latent": np.zeros((1, 4, 8, 8), np.float32)})[0].shape == (1, 3, 64, 64)
+
+
+def test_failed_validation_leaves_output_untouched(tmp_path, monkeypatch):
+    import sdrt.export.validate as validate
+
+    monkeypatch.setitem(validate.TOLERANCE, "fp32", 0.0)  # nothing can pass
+    out = tmp_path / "out"
+    with pytest.raises(ExportError, match="past tolerance"):
+        export("tiny", out)
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("name", ["model.ckpt", "model.bin", "model.pt"])
+def test_pickle_checkpoints_are_refused(tmp_path, name):
+    path = tmp_path / name
+    path.write_bytes(b"not really a pickle")
+    with pytest.raises(ModelSourceError, match="--allow-pickle"):
+        export(str(path), tmp_path / "out")
+
+
+def test_bad_sources_and_outputs(tmp_path):
+    with pytest.raises(ModelSourceError, match="built-in"):
+        export(str(tmp_path / "nope"), tmp_path / "out")
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(ModelSourceError, match="model_index.json"):
+        export(str(tmp_path / "folder"), tmp_path / "out")
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "precious.txt").write_text("keep me")
+    with pytest.raises(ExportError, match="not empty"):
+        export("tiny", busy)
+    assert (busy / "precious.txt").read_text() == "keep me"
+
+
+def test_diffusers_folder_round_trip(tmp_path, reference_pipeline, export_dir):
+    reference_pipeline("tiny").save_pretrained(tmp_path / "diffusers")
+    m = export(str(tmp_path / "diffusers"), tmp_path / "out")
+    assert m.source["kind"] == "diffusers" and m.family == "sd1"
+    assert m.model_hash == load_manifest(export_dir("tiny")).model_hash  # same weights, same hash

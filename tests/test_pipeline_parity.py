@@ -1,0 +1,74 @@
+"""The runtime's images equal diffusers' StableDiffusionPipeline given the same starting latents."""
+
+import numpy as np
+import pytest
+import torch
+
+from sdrt.runtime import Pipeline
+
+DIFFUSERS_CLASS = {"ddim": "DDIMScheduler", "pndm": "PNDMScheduler", "dpm++2m": "DPMSolverMultistepScheduler"}
+PROMPT = "a red circle on a blue background"
+STEPS = 8
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+
+
+def diffusers_run(pipe, sampler, latents, **kwargs):
+    import diffusers
+
+    pipe.scheduler = getattr(diffusers, DIFFUSERS_CLASS[sampler]).from_config(pipe.scheduler.config)
+    with torch.no_grad():
+        final = pipe(latents=torch.from_numpy(latents), output_type="latent", num_inference_steps=STEPS, **kwargs).images
+        image = pipe.vae.decode(final / pipe.vae.config.scaling_factor, return_dict=False)[0]
+    image = pipe.image_processor.postprocess(image, output_type="np")
+    return final.numpy(), (image * 255).round().astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def pipelines(export_dir):
+    loaded = {m: Pipeline.load(export_dir(m)) for m in ("tiny", "tiny-sd2")}
+    yield loaded
+    for p in loaded.values():
+        p.close()
+
+
+@pytest.mark.parametrize("model", ["tiny", "tiny-sd2"])  # epsilon and v-prediction
+@pytest.mark.parametrize("sampler", ["ddim", "pndm", "dpm++2m"])
+@pytest.mark.parametrize("size,negative", [((64, 64), "blurry, dark"), ((64, 96), None)])
+def test_matches_diffusers(pipelines, reference_pipeline, model, sampler, size, negative):
+    pipe = pipelines[model]
+    height, width = size
+    latents = np.random.default_rng(7).standard_normal((1, 4, height // 8, width // 8), dtype=np.float32)
+    ours = pipe(PROMPT, negative_prompt=negative, num_inference_steps=STEPS, guidance_scale=7.5,
+                height=height, width=width, scheduler=sampler, latents=latents)
+    ref_latents, ref_images = diffusers_run(reference_pipeline(model), sampler, latents, prompt=PROMPT,
+                                            negative_prompt=negative, guidance_scale=7.5, height=height, width=width)
+    rel = np.abs(ours.latents - ref_latents).max() / np.abs(ref_latents).max()
+    assert rel < 1e-4, f"final latents differ: relative error {rel:.2e}"
+    assert psnr(np.asarray(ours.images[0]), ref_images[0]) > 40
+
+
+def test_batch_and_no_guidance_match_diffusers(pipelines, reference_pipeline):
+    pipe, prompts = pipelines["tiny"], ["a green square", "a yellow triangle on a gray background"]
+    latents = np.random.default_rng(3).standard_normal((4, 4, 8, 8), dtype=np.float32)
+    for guidance in (7.5, 1.0):  # 1.0: diffusers skips classifier-free guidance, so do we
+        ours = pipe(prompts, num_inference_steps=STEPS, guidance_scale=guidance, height=64, width=64,
+                    scheduler="ddim", num_images=2, latents=latents)
+        ref_latents, ref_images = diffusers_run(reference_pipeline("tiny"), "ddim", latents, prompt=prompts,
+                                                num_images_per_prompt=2, guidance_scale=guidance, height=64, width=64)
+        assert len(ours.images) == 4
+        assert np.abs(ours.latents - ref_latents).max() / np.abs(ref_latents).max() < 1e-4
+        for mine, ref in zip(ours.images, ref_images):
+            assert psnr(np.asarray(mine), ref) > 40
+
+
+def test_fp16_export_stays_close(export_dir):
+    latents = np.random.default_rng(5).standard_normal((1, 4, 8, 8), dtype=np.float32)
+    kwargs = dict(num_inference_steps=STEPS, height=64, width=64, scheduler="ddim", latents=latents)
+    with Pipeline.load(export_dir("tiny")) as fp32, Pipeline.load(export_dir("tiny", fp16=True)) as fp16:
+        a, b = fp32(PROMPT, **kwargs), fp16(PROMPT, **kwargs)
+    assert np.isfinite(b.latents).all()
+    assert psnr(np.asarray(a.images[0]), np.asarray(b.images[0])) > 30

@@ -1,0 +1,148 @@
+"""Single-file (LDM layout) checkpoints: written here from tiny random pipelines, then loaded back."""
+
+import socket
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from sdrt.errors import ModelSourceError
+from sdrt.export.builtin import build_random_pipeline
+from sdrt.export.single_file import detect_arch, load_single_file
+
+import ldm_layout
+
+PARTS = ("unet", "vae", "text_encoder")
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch):
+    """Any attempt to reach the hub fails the test instead of silently downloading."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("tried to open a network connection")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+def ldm_checkpoint(pipe) -> dict[str, torch.Tensor]:
+    """The pipeline's weights under the names an original SD 1.x / 2.x checkpoint uses."""
+    sd2 = pipe.text_encoder.config.hidden_act == "gelu"  # OpenCLIP, as in SD 2.x
+    text = ldm_layout.open_clip_to_ldm if sd2 else ldm_layout.clip_to_ldm
+    state = {
+        **ldm_layout.unet_to_ldm(pipe.unet.state_dict(), pipe.unet.config),
+        **ldm_layout.vae_to_ldm(pipe.vae.state_dict(), pipe.vae.config),
+        **text(pipe.text_encoder.state_dict()),
+    }
+    return {k: v.contiguous() for k, v in state.items()}
+
+
+@pytest.fixture(scope="module", params=["tiny", "tiny-sd2"])
+def tiny(request, tmp_path_factory):
+    arch = request.param
+    pipe = build_random_pipeline(arch, seed=1)
+    path = tmp_path_factory.mktemp(arch) / "model.safetensors"
+    save_file(ldm_checkpoint(pipe), str(path))
+    return arch, pipe, path
+
+
+def test_round_trip_gives_identical_weights(tiny):
+    arch, original, path = tiny
+    loaded = load_single_file(path, arch=arch)
+    for part in PARTS:
+        want, got = getattr(original, part).state_dict(), getattr(loaded, part).state_dict()
+        assert got.keys() == want.keys(), part
+        for key in want:
+            assert got[key].dtype == want[key].dtype, f"{part}.{key}"
+            assert torch.equal(got[key], want[key]), f"{part}.{key}"
+    assert type(loaded.scheduler) is type(original.scheduler)
+    assert loaded.scheduler.config.prediction_type == original.scheduler.config.prediction_type
+    assert loaded.tokenizer.pad_token == original.tokenizer.pad_token
+    assert loaded.tokenizer.model_max_length == 77
+
+
+def test_pickle_loads_only_when_allowed(tiny, tmp_path):
+    arch, original, _ = tiny
+    path = tmp_path / "model.ckpt"
+    torch.save({"state_dict": ldm_checkpoint(original)}, path)  # nested, as training checkpoints are
+    with pytest.raises(ModelSourceError, match="pickle"):
+        load_single_file(path, arch=arch)
+    loaded = load_single_file(path, arch=arch, allow_pickle=True)
+    for part in PARTS:
+        want, got = getattr(original, part).state_dict(), getattr(loaded, part).state_dict()
+        assert all(torch.equal(got[k], want[k]) for k in want), part
+
+
+def test_wrong_architecture_is_refused(tiny):
+    arch, _, path = tiny
+    other = "tiny-sd2" if arch == "tiny" else "tiny"
+    with pytest.raises(ModelSourceError, match="architecture"):
+        load_single_file(path, arch=other)
+
+
+def test_missing_component_is_refused(tiny, tmp_path):
+    arch, pipe, _ = tiny
+    state = {k: v for k, v in ldm_checkpoint(pipe).items() if not k.startswith(ldm_layout.VAE_PREFIX)}
+    path = tmp_path / "no_vae.safetensors"
+    save_file(state, str(path))
+    with pytest.raises(ModelSourceError, match="incomplete"):
+        load_single_file(path, arch=arch)
+
+
+def test_unknown_arch_name_is_refused(tiny):
+    with pytest.raises(ModelSourceError, match="unknown architecture"):
+        load_single_file(tiny[2], arch="../arch/tiny")
+
+
+def _marker_file(tmp_path, tensors: dict[str, tuple[int, ...]]):
+    path = tmp_path / "markers.safetensors"
+    save_file({k: torch.zeros(shape) for k, shape in tensors.items()}, str(path))
+    return path
+
+
+def test_detects_sd1_and_sd2(tmp_path):
+    v1_marker = "model.diffusion_model.output_blocks.11.0.skip_connection.weight"
+    v2_marker = "model.diffusion_model.input_blocks.2.1.transformer_blocks.0.attn2.to_k.weight"
+    assert detect_arch(_marker_file(tmp_path, {v1_marker: (1, 1), v2_marker: (2, 768)})) == "sd15"
+    assert detect_arch(_marker_file(tmp_path, {v1_marker: (1, 1), v2_marker: (2, 1024)})) == "sd21"
+
+
+def test_sdxl_is_refused_with_a_clear_message(tmp_path):
+    path = _marker_file(tmp_path, {"conditioner.embedders.1.model.transformer.resblocks.9.mlp.c_proj.bias": (4,)})
+    with pytest.raises(ModelSourceError, match="SDXL"):
+        load_single_file(path)
+
+
+def test_garbage_keys_are_refused(tmp_path):
+    path = _marker_file(tmp_path, {"foo.bar": (3,), "lm_head.weight": (2, 2)})
+    with pytest.raises(ModelSourceError, match="not a Stable Diffusion checkpoint"):
+        load_single_file(path)
+
+
+def test_pickle_checkpoint_is_refused(tmp_path):
+    path = tmp_path / "model.ckpt"
+    path.write_bytes(b"never unpickled")
+    with pytest.raises(ModelSourceError, match="pickle"):
+        load_single_file(path)
+
+
+@pytest.mark.parametrize("name", ["model.txt", "model.safetensors"])
+def test_non_safetensors_content_is_refused(tmp_path, name):
+    path = tmp_path / name
+    path.write_bytes(b"\x00\x01 this is not a checkpoint")
+    with pytest.raises(ModelSourceError):
+        load_single_file(path)
+
+
+def test_truncated_file_is_refused(tiny, tmp_path):
+    data = tiny[2].read_bytes()
+    path = tmp_path / "truncated.safetensors"
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelSourceError, match="truncated or corrupt"):
+        load_single_file(path, arch=tiny[0])
+
+
+def test_missing_file_is_refused(tmp_path):
+    with pytest.raises(ModelSourceError, match="does not exist"):
+        load_single_file(tmp_path / "absent.safetensors")
