@@ -47,9 +47,16 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
     from .runtime import Pipeline
 
+    bar = None
+
+    def progress(step: int, total: int) -> None:
+        nonlocal bar  # made on the first step, so a rejected request shows no bar
+        bar = bar or tqdm(total=total, desc="denoising", unit="step", disable=args.quiet)
+        bar.update(1)
+
     with Pipeline.load(args.folder, backend=args.backend) as pipe:
         print(f"backend: {pipe.backend.name} on {pipe.backend.device}")
-        with tqdm(total=args.steps, desc="denoising", unit="step", disable=args.quiet) as bar:
+        try:
             result = pipe(
                 prompt=args.prompt,
                 negative_prompt=args.negative_prompt,
@@ -60,8 +67,11 @@ def cmd_generate(args: argparse.Namespace) -> None:
                 seed=args.seed,
                 scheduler=args.sampler,
                 num_images=args.batch,
-                callback=lambda i, n: bar.update(1),
+                callback=progress,
             )
+        finally:
+            if bar is not None:
+                bar.close()
     for path in result.save(args.out):
         print(f"wrote {path}")
     stages = ", ".join(f"{k} {v:.2f} s" for k, v in result.timings.items())
@@ -80,6 +90,7 @@ def cmd_info(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .manifest import DEFAULT_MAX_BATCH
     from .runtime.schedulers import SCHEDULER_NAMES
 
     parser = argparse.ArgumentParser(prog="sdrt", description="Optimized Stable Diffusion inference runtime.")
@@ -93,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-pickle", action="store_true", help="allow pickle checkpoints (.ckpt/.bin): they can run code")
     p.add_argument("--arch", help="architecture of a .safetensors checkpoint when its keys cannot tell (sd15, sd21, tiny, …)")
     p.add_argument("--size-range", type=_size_range, metavar="MIN,MAX", help="image sides in pixels the export supports")
-    p.add_argument("--max-batch", type=int, default=8, help="largest number of images per call (default 8)")
+    p.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH, help=f"largest number of images per call (default {DEFAULT_MAX_BATCH})")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("generate", help="generate images from an export folder")

@@ -17,6 +17,7 @@ from .fileio import write_json
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
+DEFAULT_MAX_BATCH = 8  # images per call an export declares unless told otherwise
 
 
 @dataclass(frozen=True)

@@ -82,5 +82,5 @@ def test_cli_prints_errors_without_traceback(export_dir, tmp_path):
         proc = run_cli(*args)
         assert proc.returncode == 2, proc.stderr
         assert "Traceback" not in proc.stderr
-        assert proc.stderr.startswith("error: ")
+        assert proc.stderr.splitlines()[-1].startswith("error: ")
         assert __import__("re").search(message, proc.stderr), proc.stderr

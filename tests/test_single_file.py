@@ -146,3 +146,22 @@ def test_truncated_file_is_refused(tiny, tmp_path):
 def test_missing_file_is_refused(tmp_path):
     with pytest.raises(ModelSourceError, match="does not exist"):
         load_single_file(tmp_path / "absent.safetensors")
+
+
+def test_cli_exports_a_checkpoint(tiny, tmp_path):
+    """`sdrt export model.safetensors OUT --arch …` end to end; the hash is AUTOMATIC1111's short hash."""
+    import hashlib
+    import subprocess
+    import sys
+
+    from sdrt.manifest import load_manifest
+
+    arch, _, path = tiny
+    if arch != "tiny":
+        pytest.skip("one family is enough for the end-to-end run")
+    proc = subprocess.run([sys.executable, "-m", "sdrt.cli", "export", str(path), str(tmp_path / "out"), "--arch", arch],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    manifest = load_manifest(tmp_path / "out")
+    assert manifest.source["kind"] == "single_file" and manifest.validation["passed"]
+    assert manifest.model_hash == hashlib.sha256(path.read_bytes()).hexdigest()[:10]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..errors import ExportError
 from ..families import detect_family
-from ..manifest import MANIFEST_NAME, ComponentSpec, Manifest, TokenizerSpec
+from ..manifest import DEFAULT_MAX_BATCH, MANIFEST_NAME, ComponentSpec, Manifest, TokenizerSpec
 from ..fileio import write_json, write_text
 from . import onnx_io
 from .graphs import ComponentGraph, Shape, component_graphs
@@ -18,7 +18,6 @@ from .sources import load_model
 from .validate import as_json, report, validate_graph
 
 log = logging.getLogger("sdrt.export")
-DEFAULT_MAX_BATCH = 4
 
 
 def _validation_shapes(size_range: tuple[int, int], scale: int) -> list[Shape]:

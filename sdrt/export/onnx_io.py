@@ -7,6 +7,7 @@ import tempfile
 import warnings
 from pathlib import Path
 
+import numpy as np
 import onnx
 import torch
 
@@ -19,6 +20,15 @@ EXTERNAL_DATA_THRESHOLD = 1_800_000_000
 # Normalisations reduce over many values: their mean/variance overflow or lose precision in fp16,
 # so --fp16 keeps them in fp32 (the converter puts casts around them).
 FP32_OPS = ("InstanceNormalization", "LayerNormalization", "GroupNormalization")
+
+
+def weights_size(model: onnx.ModelProto) -> int:
+    """Bytes of the graph's initializers, without serializing it (which fails past 2 GB)."""
+    total = 0
+    for init in model.graph.initializer:
+        itemsize = onnx.helper.tensor_dtype_to_np_dtype(init.data_type).itemsize
+        total += int(np.prod(init.dims, dtype=np.int64)) * itemsize
+    return total
 
 
 def trace_to_onnx(graph: ComponentGraph, shape: Shape, opset: int = OPSET) -> onnx.ModelProto:
@@ -56,14 +66,14 @@ def to_fp16(model: onnx.ModelProto, graph: ComponentGraph) -> onnx.ModelProto:
         keep_io_types=True,
         op_block_list=DEFAULT_OP_BLOCK_LIST + list(FP32_OPS),
         node_block_list=keep,
-        disable_shape_infer=model.ByteSize() > EXTERNAL_DATA_THRESHOLD,
+        disable_shape_infer=weights_size(model) > EXTERNAL_DATA_THRESHOLD,  # shape inference serializes
     )
 
 
 def save(model: onnx.ModelProto, folder: Path, name: str) -> tuple[str, str | None, str]:
     """Write ``folder/name.onnx`` (+ ``name.onnx.data`` when over 2 GB); return file, data file, sha256."""
     file = f"{name}.onnx"
-    data = f"{name}.onnx.data" if model.ByteSize() > EXTERNAL_DATA_THRESHOLD else None
+    data = f"{name}.onnx.data" if weights_size(model) > EXTERNAL_DATA_THRESHOLD else None
     onnx.save_model(
         model,
         str(folder / file),

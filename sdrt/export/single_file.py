@@ -27,7 +27,6 @@ def load_single_file(path: Path, arch: str | None = None, *, allow_pickle: bool 
     Pickle checkpoints are refused unless ``allow_pickle``; diffusers then reads them with
     ``torch.load(weights_only=True)``.
     """
-    import torch
     from diffusers import StableDiffusionPipeline
 
     path = Path(path)
@@ -43,7 +42,6 @@ def load_single_file(path: Path, arch: str | None = None, *, allow_pickle: bool 
             str(path),
             config=str(config_dir),  # a local folder: diffusers reads every component config from it
             local_files_only=True,  # and never falls back to the hub
-            torch_dtype=torch.float32,
             tokenizer=clip_tokenizer(tokenizer_config),  # the folder has no vocabulary files
             safety_checker=None,
             feature_extractor=None,

@@ -43,7 +43,6 @@ def _weights_hash(pipe) -> str:
 
 
 def _load_diffusers_folder(folder: Path, allow_pickle: bool):
-    import torch
     from diffusers import DiffusionPipeline
 
     has_safetensors = any(folder.rglob("*.safetensors"))
@@ -52,7 +51,6 @@ def _load_diffusers_folder(folder: Path, allow_pickle: bool):
     try:
         return DiffusionPipeline.from_pretrained(
             folder,
-            torch_dtype=torch.float32,
             local_files_only=True,
             use_safetensors=None if allow_pickle else True,
             safety_checker=None,

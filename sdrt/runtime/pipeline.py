@@ -64,7 +64,7 @@ class Pipeline:
         manifest = load_manifest(folder)
         engine = create_backend(backend) if isinstance(backend, str) else backend
         engine.load(folder, manifest)
-        log.info("backend: %s on %s", engine.name, engine.device)
+        log.debug("backend: %s on %s", engine.name, engine.device)
         return cls(folder, manifest, engine)
 
     def close(self) -> None:
@@ -116,7 +116,8 @@ class Pipeline:
                 width=width, height=height, model_hash=m.model_hash, model=m.source.get("model"),
                 extra={"Version": f"sdrt {_version()}"},
             )
-            for p, n in zip(np.repeat(prompts, num_images), np.repeat(negatives, num_images))
+            for p, n in zip(prompts, negatives)
+            for _ in range(num_images)
         ]
         return GenerationResult(images, final, seed, parameters, timings)
 

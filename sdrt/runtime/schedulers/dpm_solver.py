@@ -1,0 +1,234 @@
+"""DPM-Solver++(2M) (Lu et al., https://arxiv.org/abs/2211.01095): diffusers' DPMSolverMultistepScheduler with
+its defaults (algorithm_type "dpmsolver++", solver_order 2, solver_type "midpoint", lower_order_final,
+final_sigmas_type "zero"); optionally with Karras sigmas (``use_karras_sigmas``).
+
+Notation: σ = √((1−ᾱ)/ᾱ) is the noise level of a timestep, α_t = 1/√(σ²+1), σ_t = σ·α_t (so x_t = α_t·x0 + σ_t·ε)
+and λ_t = log(α_t/σ_t) the half log-SNR.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ...errors import UserInputError
+from .common import Scheduler, as_f32, predict_x0
+
+# Options of diffusers' class that sdrt does not implement: each must keep its default.
+_UNSUPPORTED = dict(
+    thresholding=False,
+    variance_type=None,
+    use_exponential_sigmas=False,
+    use_beta_sigmas=False,
+    use_lu_lambdas=False,
+    use_flow_sigmas=False,
+    use_dynamic_shifting=False,
+)
+
+
+class DPMSolverMultistepScheduler(Scheduler):
+    name = "dpm++2m"
+    defaults = dict(  # diffusers' DPMSolverMultistepScheduler.__init__
+        num_train_timesteps=1000,
+        beta_start=0.0001,
+        beta_end=0.02,
+        beta_schedule="linear",
+        trained_betas=None,
+        solver_order=2,
+        prediction_type="epsilon",
+        algorithm_type="dpmsolver++",
+        solver_type="midpoint",
+        lower_order_final=True,
+        euler_at_final=False,
+        use_karras_sigmas=False,
+        final_sigmas_type="zero",
+        lambda_min_clipped=-float("inf"),
+        timestep_spacing="linspace",
+        steps_offset=0,
+        rescale_betas_zero_snr=False,
+        **_UNSUPPORTED,
+    )
+
+    def __init__(self, config: dict | None = None, *, use_karras_sigmas: bool | None = None):
+        super().__init__(config)
+        c = self.config
+        if use_karras_sigmas is not None:
+            c.use_karras_sigmas = bool(use_karras_sigmas)
+        c.algorithm_type = {"deis": "dpmsolver++"}.get(c.algorithm_type, c.algorithm_type)  # as diffusers
+        c.solver_type = "midpoint" if c.solver_type in ("logrho", "bh1", "bh2") else c.solver_type  # as diffusers
+        unsupported = [f"{k}={getattr(c, k)!r}" for k, v in _UNSUPPORTED.items() if getattr(c, k) != v]
+        if c.algorithm_type != "dpmsolver++":
+            unsupported.append(f"algorithm_type={c.algorithm_type!r} (only 'dpmsolver++')")
+        if c.solver_order not in (1, 2):
+            unsupported.append(f"solver_order={c.solver_order!r} (only 1 or 2)")
+        if c.solver_type not in ("midpoint", "heun"):
+            unsupported.append(f"solver_type={c.solver_type!r} (only 'midpoint' or 'heun')")
+        if c.final_sigmas_type not in ("zero", "sigma_min"):
+            unsupported.append(f"final_sigmas_type={c.final_sigmas_type!r} (only 'zero' or 'sigma_min')")
+        if unsupported:
+            raise UserInputError(f"the dpm++2m sampler does not support {', '.join(unsupported)} (scheduler config)")
+        if c.rescale_betas_zero_snr:
+            self.alphas_cumprod[-1] = 2**-24  # close to 0 without being 0, so the first σ is not inf (as diffusers)
+        with np.errstate(divide="ignore"):
+            self.lambda_t = np.log(np.sqrt(self.alphas_cumprod)) - np.log(np.sqrt(1 - self.alphas_cumprod))
+        self.sigmas = np.zeros(0, dtype=np.float32)
+        self._reset()
+
+    def _reset(self) -> None:
+        self.model_outputs: list[np.ndarray | None] = [None] * self.config.solver_order  # past x0 predictions
+        self.lower_order_nums = 0  # steps taken, up to solver_order
+        self.step_index: int | None = None
+        self.begin_index: int | None = None
+
+    def set_begin_index(self, begin_index: int = 0) -> None:
+        self.begin_index = begin_index
+
+    def set_timesteps(self, num_inference_steps: int) -> None:
+        c, n = self.config, self._check_steps(num_inference_steps)
+        # 1. the timesteps: n of n + 1 points (t = 0 is never one), spaced as Table 2 of
+        #    https://arxiv.org/abs/2305.08891; λ(t) clipped from below for numerical stability (cosine schedule)
+        last_timestep = c.num_train_timesteps - int(np.searchsorted(np.flip(self.lambda_t), c.lambda_min_clipped))
+        if c.timestep_spacing == "linspace":
+            timesteps = np.linspace(0, last_timestep - 1, n + 1).round()[::-1][:-1].astype(np.int64)
+        elif c.timestep_spacing == "leading":
+            step_ratio = last_timestep // (n + 1)
+            timesteps = (np.arange(0, n + 1) * step_ratio).round()[::-1][:-1].astype(np.int64) + c.steps_offset
+        else:  # trailing
+            step_ratio = c.num_train_timesteps / n
+            timesteps = np.arange(last_timestep, 0, -step_ratio).round().astype(np.int64) - 1
+
+        # 2. their noise levels σ; or Karras et al.'s σ spacing (https://arxiv.org/abs/2206.00364) and t from σ
+        sigmas = np.sqrt((1 - self.alphas_cumprod) / self.alphas_cumprod)
+        log_sigmas = np.log(sigmas)
+        if c.use_karras_sigmas:
+            sigmas = _karras_sigmas(np.flip(sigmas), n)
+            timesteps = _sigma_to_t(sigmas, log_sigmas)
+            if c.beta_schedule != "squaredcos_cap_v2":
+                timesteps = timesteps.round()
+        else:
+            sigmas = np.interp(timesteps, np.arange(0, len(sigmas)), sigmas)
+
+        # 3. the last step goes to σ = 0 (x0 itself) or to the smallest trained σ
+        if c.final_sigmas_type == "zero":
+            sigma_last = 0
+        else:
+            sigma_last = np.sqrt((1 - self.alphas_cumprod[0]) / self.alphas_cumprod[0])
+        self.sigmas = np.concatenate([sigmas, [sigma_last]]).astype(np.float32)
+        self.timesteps = timesteps.astype(np.int64)
+        self.num_inference_steps = len(timesteps)
+        self._reset()
+
+    def step(self, model_output: np.ndarray, t, sample: np.ndarray) -> np.ndarray:
+        self._check_ready()
+        c, n = self.config, len(self.timesteps)
+        model_output, sample = as_f32(model_output), as_f32(sample)
+
+        # 1. find the step index (counted from the first call on, as diffusers)
+        if self.step_index is None:
+            self.step_index = self._index_for_timestep(t) if self.begin_index is None else self.begin_index
+
+        # 2. lower the order for the last step: when it goes to σ = 0, and for stability with fewer than 15 steps
+        lower_order_final = self.step_index == n - 1 and (
+            c.euler_at_final or (c.lower_order_final and n < 15) or c.final_sigmas_type == "zero"
+        )
+
+        # 3. convert the model output to the data prediction x0_θ(x_t, t): DPM-Solver++ integrates x0, not ε
+        alpha_t, sigma_t = _alpha_sigma(self.sigmas[self.step_index])
+        x0_pred = predict_x0(self.prediction_type, model_output, sample, alpha_t, sigma_t)
+        self.model_outputs = self.model_outputs[1:] + [x0_pred]
+
+        # 4. first-order update (DDIM), or the multistep second-order update of Algorithm 2
+        if c.solver_order == 1 or self.lower_order_nums < 1 or lower_order_final:
+            prev_sample = self._first_order_update(x0_pred, sample)
+        else:
+            prev_sample = self._second_order_update(self.model_outputs, sample)
+
+        self.lower_order_nums = min(self.lower_order_nums + 1, c.solver_order)
+        self.step_index += 1
+        return prev_sample
+
+    def _first_order_update(self, x0_pred: np.ndarray, sample: np.ndarray) -> np.ndarray:
+        # 1. α, σ, λ of the current (s) and the next (t) noise level; λ_t = inf when σ_t = 0
+        alpha_t, sigma_t, lambda_t = _alpha_sigma_lambda(self.sigmas[self.step_index + 1])
+        alpha_s, sigma_s, lambda_s = _alpha_sigma_lambda(self.sigmas[self.step_index])
+        h = lambda_t - lambda_s
+
+        # 2. x_t = (σ_t/σ_s)·x_s − α_t·(e^−h − 1)·x0_θ
+        return (sigma_t / sigma_s) * sample - (alpha_t * (np.exp(-h) - 1.0)) * x0_pred
+
+    def _second_order_update(self, model_outputs: list[np.ndarray], sample: np.ndarray) -> np.ndarray:
+        # 1. α, σ, λ of the next (t), current (s0) and previous (s1) noise levels
+        i = self.step_index
+        alpha_t, sigma_t, lambda_t = _alpha_sigma_lambda(self.sigmas[i + 1])
+        alpha_s0, sigma_s0, lambda_s0 = _alpha_sigma_lambda(self.sigmas[i])
+        alpha_s1, sigma_s1, lambda_s1 = _alpha_sigma_lambda(self.sigmas[i - 1])
+
+        # 2. step sizes in λ and the finite difference D1 of the x0 predictions
+        m0, m1 = model_outputs[-1], model_outputs[-2]
+        h, h_0 = lambda_t - lambda_s0, lambda_s0 - lambda_s1
+        r0 = h_0 / h
+        D0, D1 = m0, (1.0 / r0) * (m0 - m1)
+
+        # 3. x_t = (σ_t/σ_s0)·x_s0 − α_t·(e^−h − 1)·D0 − ½·α_t·(e^−h − 1)·D1  (midpoint; heun weighs D1 differently)
+        if self.config.solver_type == "midpoint":
+            return (
+                (sigma_t / sigma_s0) * sample
+                - (alpha_t * (np.exp(-h) - 1.0)) * D0
+                - 0.5 * (alpha_t * (np.exp(-h) - 1.0)) * D1
+            )
+        return (
+            (sigma_t / sigma_s0) * sample
+            - (alpha_t * (np.exp(-h) - 1.0)) * D0
+            + (alpha_t * ((np.exp(-h) - 1.0) / h + 1.0)) * D1
+        )
+
+    def _index_for_timestep(self, t) -> int:
+        """Where ``t`` is in ``timesteps``; of two matches the second (so img2img does not skip a σ), as diffusers."""
+        candidates = np.flatnonzero(self.timesteps == t)
+        if len(candidates) == 0:
+            return len(self.timesteps) - 1
+        return int(candidates[1] if len(candidates) > 1 else candidates[0])
+
+    def add_noise(self, original: np.ndarray, noise: np.ndarray, timesteps) -> np.ndarray:
+        """x_t = α_t·x0 + σ_t·ε at the σ of each timestep (of ``begin_index`` or the current step when set)."""
+        sigmas = self.sigmas.astype(original.dtype)
+        timesteps = np.atleast_1d(np.asarray(timesteps))
+        if self.begin_index is None:
+            indices = [self._index_for_timestep(t) for t in timesteps]
+        elif self.step_index is not None:  # after the first denoising step (inpainting)
+            indices = [self.step_index] * len(timesteps)
+        else:  # before it (img2img)
+            indices = [self.begin_index] * len(timesteps)
+        alpha_t, sigma_t = _alpha_sigma(sigmas[indices].reshape((-1,) + (1,) * (original.ndim - 1)))
+        return alpha_t * original + sigma_t * noise
+
+
+def _alpha_sigma(sigma):
+    """α_t = 1/√(σ²+1) and σ_t = σ·α_t of a noise level σ."""
+    alpha_t = 1 / np.sqrt(sigma**2 + 1)
+    return alpha_t, sigma * alpha_t
+
+
+def _alpha_sigma_lambda(sigma):
+    alpha_t, sigma_t = _alpha_sigma(sigma)
+    with np.errstate(divide="ignore"):  # σ = 0: λ = inf
+        return alpha_t, sigma_t, np.log(alpha_t) - np.log(sigma_t)
+
+
+def _karras_sigmas(in_sigmas: np.ndarray, num_inference_steps: int) -> np.ndarray:
+    """σ_i = (σ_max^(1/ρ) + i/(n−1)·(σ_min^(1/ρ) − σ_max^(1/ρ)))^ρ with ρ = 7 (float64, as diffusers)."""
+    sigma_min, sigma_max = in_sigmas[-1].item(), in_sigmas[0].item()
+    rho = 7.0
+    ramp = np.linspace(0, 1, num_inference_steps)
+    min_inv_rho, max_inv_rho = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
+    return (max_inv_rho + ramp * (min_inv_rho - max_inv_rho)) ** rho
+
+
+def _sigma_to_t(sigma: np.ndarray, log_sigmas: np.ndarray) -> np.ndarray:
+    """The (fractional) timesteps of noise levels σ, interpolating linearly in log σ."""
+    log_sigma = np.log(np.maximum(sigma, 1e-10))
+    dists = log_sigma - log_sigmas[:, np.newaxis]
+    low_idx = np.cumsum((dists >= 0), axis=0).argmax(axis=0).clip(max=log_sigmas.shape[0] - 2)
+    high_idx = low_idx + 1
+    low, high = log_sigmas[low_idx], log_sigmas[high_idx]
+    w = np.clip((low - log_sigma) / (low - high), 0, 1)
+    return ((1 - w) * low_idx + w * high_idx).reshape(sigma.shape)
