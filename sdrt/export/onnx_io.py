@@ -84,5 +84,8 @@ def save(model: onnx.ModelProto, folder: Path, name: str) -> tuple[str, str | No
     )
     digest = hashlib.sha256()
     for f in filter(None, (file, data)):
-        digest.update((folder / f).read_bytes())
+        (folder / f).chmod(0o644)  # onnx writes external data as 0600
+        with open(folder / f, "rb") as stream:
+            while block := stream.read(1 << 24):
+                digest.update(block)
     return file, data, digest.hexdigest()
