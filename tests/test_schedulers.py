@@ -9,113 +9,39 @@ import sys
 import numpy as np
 import pytest
 import torch
-from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, PNDMScheduler
+from diffusers import DPMSolverMultistepScheduler
+from scheduler_reference import ATOL, CONFIGS, SD15, SHAPE, fake_model, make_reference, run_both
 
 from sdrt.errors import UserInputError
-from sdrt.runtime.schedulers import (
-    SCHEDULER_NAMES,
-    a1111_name,
-    canonical_name,
-    make_scheduler,
-)
+from sdrt.runtime.schedulers import SCHEDULER_NAMES, a1111_name, canonical_name, make_scheduler
 
-REFERENCE = {"ddim": DDIMScheduler, "pndm": PNDMScheduler, "dpm++2m": DPMSolverMultistepScheduler}
-
-# Stable Diffusion 1.5's scheduler_config (PNDMScheduler); SD 2.1 is the same with v_prediction (DDIMScheduler).
-SD15 = {
-    "_class_name": "PNDMScheduler",
-    "_diffusers_version": "0.6.0",
-    "beta_start": 0.00085,
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "num_train_timesteps": 1000,
-    "set_alpha_to_one": False,
-    "skip_prk_steps": True,
-    "steps_offset": 1,
-    "clip_sample": False,
-    "prediction_type": "epsilon",
-    "timestep_spacing": "leading",
-}
-CONFIGS = {
-    "leading": SD15,
-    "trailing": {**SD15, "timestep_spacing": "trailing", "steps_offset": 0},
-    "linspace": {**SD15, "timestep_spacing": "linspace"},
-}
-SHAPE = (2, 4, 8, 8)
-ATOL = 1e-5
-
-
-def fake_model(ref, prediction_type, t, x, x0, z):
-    """A U-Net stand-in: the ε (or v, or x0) that points from ``x`` at a fixed ``x0``, plus the random ``z``."""
-    alpha_prod = float(ref.alphas_cumprod[int(t)])
-    if prediction_type == "sample":
-        return (x0 + 0.3 * z).astype(np.float32)
-    eps = (x - alpha_prod**0.5 * x0) / (1 - alpha_prod) ** 0.5 + 0.3 * z
-    if prediction_type == "v_prediction":
-        return (alpha_prod**0.5 * eps - (1 - alpha_prod) ** 0.5 * x0).astype(np.float32)
-    return eps.astype(np.float32)
-
-
-def run_both(name, config, steps, seed=0, **options):
-    """Run our sampler and diffusers' side by side and compare every step's sample, in two loops:
-
-    - "same input": at each step both get the same sample (diffusers') and the same model output;
-    - "free-running": each runs its own loop; the model output is the same function of each one's own sample.
-
-    (Feeding one fixed output sequence to two free-running loops would not do: without a model that reacts to the
-    sample, the sampler multiplies float32 rounding by up to ~15× over a run: diffusers' float32 result is then
-    itself ~1e-5 from its float64 one.)
-    """
-    for same_input in (True, False):
-        ours = make_scheduler(name, config, **options)
-        ref = REFERENCE[canonical_name(name)].from_config({**config, **options})
-        ours.set_timesteps(steps)
-        ref.set_timesteps(steps)
-        assert ours.timesteps.dtype == np.int64
-        np.testing.assert_array_equal(ours.timesteps, ref.timesteps.numpy())
-        assert ours.init_noise_sigma == ref.init_noise_sigma and ours.order == ref.order
-
-        rng = np.random.default_rng(seed)
-        x0 = rng.standard_normal(SHAPE)
-        x = rng.standard_normal(SHAPE, dtype=np.float32) * np.float32(ours.init_noise_sigma)
-        x_ref = torch.from_numpy(x.copy())
-        for t, t_ref in zip(ours.timesteps, ref.timesteps):
-            z = rng.standard_normal(SHAPE)
-            if same_input:
-                x = x_ref.numpy().copy()
-            out = fake_model(ref, ours.prediction_type, t, x, x0, z)
-            out_ref = fake_model(ref, ours.prediction_type, t, x_ref.numpy(), x0, z)
-            x = ours.step(out, t, ours.scale_model_input(x, t))
-            x_ref = ref.step(torch.from_numpy(out_ref), t_ref, ref.scale_model_input(x_ref, t_ref)).prev_sample
-            assert x.dtype == np.float32 and x.shape == SHAPE
-            loop = "same input" if same_input else "free-running"
-            np.testing.assert_allclose(x, x_ref.numpy(), rtol=0, atol=ATOL, err_msg=f"{name}, {loop}, t={t}")
-    return ours, ref
+# The samplers this file covers (the others: test_samplers_extra.py).
+NAMES = ("ddim", "pndm", "dpm++2m")
 
 
 @pytest.mark.parametrize("steps", [1, 7, 25, 50])
 @pytest.mark.parametrize("spacing", ["leading", "trailing"])
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
-@pytest.mark.parametrize("name", SCHEDULER_NAMES)
+@pytest.mark.parametrize("name", NAMES)
 def test_loop_matches_diffusers(name, prediction_type, spacing, steps):
     run_both(name, {**CONFIGS[spacing], "prediction_type": prediction_type}, steps)
 
 
 @pytest.mark.parametrize("steps", [1, 2, 3, 7, 20, 61, 1000])  # 61 trailing: 62 steps, the last t = -1 (!)
 @pytest.mark.parametrize("spacing", list(CONFIGS))
-@pytest.mark.parametrize("name", SCHEDULER_NAMES)
+@pytest.mark.parametrize("name", NAMES)
 def test_timesteps_match_diffusers(name, spacing, steps):
-    ours, ref = make_scheduler(name, CONFIGS[spacing]), REFERENCE[name].from_config(CONFIGS[spacing])
+    ours, ref = make_scheduler(name, CONFIGS[spacing]), make_reference(name, CONFIGS[spacing])
     ours.set_timesteps(steps)
     ref.set_timesteps(steps)
     np.testing.assert_array_equal(ours.timesteps, ref.timesteps.numpy())
 
 
-@pytest.mark.parametrize("name", SCHEDULER_NAMES)
+@pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("schedule", ["linear", "scaled_linear", "squaredcos_cap_v2"])
 def test_noise_schedule_matches_diffusers(name, schedule):
     config = {**SD15, "beta_schedule": schedule}
-    ours, ref = make_scheduler(name, config), REFERENCE[name].from_config(config)
+    ours, ref = make_scheduler(name, config), make_reference(name, config)
     assert ours.betas.dtype == ours.alphas_cumprod.dtype == np.float32
     # bit for bit on the machines tried; allow one float32 ulp for CPUs whose torch.linspace rounds differently
     np.testing.assert_array_max_ulp(ours.betas, ref.betas.numpy(), maxulp=1)
@@ -163,9 +89,9 @@ def test_pndm_runge_kutta_needs_four_steps():
         scheduler.set_timesteps(3)
 
 
-@pytest.mark.parametrize("name", SCHEDULER_NAMES)
+@pytest.mark.parametrize("name", NAMES)
 def test_add_noise_matches_diffusers(name):
-    ours, ref = make_scheduler(name, SD15), REFERENCE[name].from_config(SD15)
+    ours, ref = make_scheduler(name, SD15), make_reference(name, SD15)
     ours.set_timesteps(20)
     ref.set_timesteps(20)
     rng = np.random.default_rng(1)
@@ -191,8 +117,8 @@ def test_dpm_add_noise_with_begin_index_matches_diffusers():
 
 def test_img2img_loop_from_the_middle_matches_diffusers():
     """img2img: start at timesteps[begin]; DPM-Solver counts its steps from there."""
-    for name in SCHEDULER_NAMES:
-        ours, ref = make_scheduler(name, SD15), REFERENCE[name].from_config(SD15)
+    for name in NAMES:
+        ours, ref = make_scheduler(name, SD15), make_reference(name, SD15)
         ours.set_timesteps(20)
         ref.set_timesteps(20)
         begin = 8
@@ -234,11 +160,11 @@ def test_aliases_resolve(alias, canonical):
 
 
 def test_a1111_names():
-    assert [a1111_name(n) for n in SCHEDULER_NAMES] == ["DDIM", "PLMS", "DPM++ 2M"]
+    assert [a1111_name(n) for n in NAMES] == ["DDIM", "PLMS", "DPM++ 2M"]
     assert a1111_name("plms") == "PLMS"
 
 
-@pytest.mark.parametrize("bad", ["euler", "", "dpm++3m", None, 3])
+@pytest.mark.parametrize("bad", ["dpm fast", "", "dpm++3m", None, 3])
 def test_unknown_names_raise_user_input_error_listing_the_names(bad):
     with pytest.raises(UserInputError) as info:
         canonical_name(bad)
@@ -267,7 +193,7 @@ def test_unsupported_configs_raise_user_input_error(name, config, match):
         make_scheduler(name, config)
 
 
-@pytest.mark.parametrize("name", SCHEDULER_NAMES)
+@pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("steps", [0, -1, 1001, 2.5, "7", True])
 def test_bad_step_counts_raise_user_input_error(name, steps):
     with pytest.raises(UserInputError, match="number of steps"):
@@ -278,8 +204,8 @@ def test_importing_the_samplers_does_not_import_torch():
     script = (
         "import sys\n"
         "import sdrt.runtime.schedulers as s\n"
-        "sched = s.make_scheduler('dpm++2m', {})\n"
-        "sched.set_timesteps(3)\n"
+        "for name in s.SCHEDULER_NAMES:\n"
+        "    s.make_scheduler(name, {}).set_timesteps(4)\n"
         "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'diffusers', 'transformers'))\n"
         "print('HEAVY', heavy)\n"
     )

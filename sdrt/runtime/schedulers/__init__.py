@@ -1,71 +1,163 @@
 """The samplers of the lean runtime: numpy ports of diffusers' schedulers, step for step (numpy only, never torch).
 
 ``make_scheduler("dpm++2m", scheduler_config)`` builds one from a diffusers scheduler config, as diffusers'
-``DPMSolverMultistepScheduler.from_config(scheduler_config)`` would.
+``DPMSolverMultistepScheduler.from_config(scheduler_config)`` would. Stochastic samplers (``stochastic``) draw their
+noise from ``set_noise_source(fn)``.
 """
 
 from __future__ import annotations
 
+import re
+
 from ...errors import UserInputError
 from .common import Scheduler
 from .ddim import DDIMScheduler
-from .dpm_solver import DPMSolverMultistepScheduler
+from .ddpm import DDPMScheduler
+from .dpm_sde import DPMSolverSDEKarrasScheduler, DPMSolverSDEScheduler
+from .dpm_solver import DPMSolverMultistepKarrasScheduler, DPMSolverMultistepScheduler
+from .euler import EulerAncestralDiscreteScheduler, EulerDiscreteScheduler
+from .heun import HeunDiscreteScheduler
+from .lcm import LCMScheduler
+from .lms import LMSDiscreteScheduler
 from .pndm import PNDMScheduler
+from .unipc import UniPCMultistepScheduler
 
 SCHEDULERS: dict[str, type[Scheduler]] = {
     "ddim": DDIMScheduler,
     "pndm": PNDMScheduler,
     "dpm++2m": DPMSolverMultistepScheduler,
+    "dpm++2m-karras": DPMSolverMultistepKarrasScheduler,
+    "dpm++sde": DPMSolverSDEScheduler,
+    "dpm++sde-karras": DPMSolverSDEKarrasScheduler,
+    "euler": EulerDiscreteScheduler,
+    "euler-a": EulerAncestralDiscreteScheduler,
+    "heun": HeunDiscreteScheduler,
+    "lms": LMSDiscreteScheduler,
+    "unipc": UniPCMultistepScheduler,
+    "ddpm": DDPMScheduler,
+    "lcm": LCMScheduler,
 }
 SCHEDULER_NAMES = tuple(SCHEDULERS)
 
-# Other names for them (compared case-insensitively): AUTOMATIC1111's, k-diffusion's, diffusers' class names.
-ALIASES = {
-    "plms": "pndm",
-    "pndmscheduler": "pndm",
-    "ddimscheduler": "ddim",
-    "dpm": "dpm++2m",
-    "dpm++ 2m": "dpm++2m",
-    "dpmsolver++": "dpm++2m",
-    "dpmpp_2m": "dpm++2m",
-    "dpmsolvermultistepscheduler": "dpm++2m",
+# AUTOMATIC1111's display names, as written into PNG infotext.
+A1111_NAMES = {
+    "ddim": "DDIM",
+    "pndm": "PLMS",
+    "dpm++2m": "DPM++ 2M",
+    "dpm++2m-karras": "DPM++ 2M Karras",
+    "dpm++sde": "DPM++ SDE",
+    "dpm++sde-karras": "DPM++ SDE Karras",
+    "euler": "Euler",
+    "euler-a": "Euler a",
+    "heun": "Heun",
+    "lms": "LMS",
+    "unipc": "UniPC",
+    "ddpm": "DDPM",
+    "lcm": "LCM",
 }
 
-_A1111_NAMES = {"ddim": "DDIM", "pndm": "PLMS", "dpm++2m": "DPM++ 2M"}
+# The diffusers scheduler class a model's scheduler_config names → the sampler that runs it.
+DIFFUSERS_CLASSES = {
+    "DDIMScheduler": "ddim",
+    "PNDMScheduler": "pndm",
+    "DPMSolverMultistepScheduler": "dpm++2m",
+    "DPMSolverSDEScheduler": "dpm++sde",
+    "EulerDiscreteScheduler": "euler",
+    "EulerAncestralDiscreteScheduler": "euler-a",
+    "HeunDiscreteScheduler": "heun",
+    "LMSDiscreteScheduler": "lms",
+    "UniPCMultistepScheduler": "unipc",
+    "DDPMScheduler": "ddpm",
+    "LCMScheduler": "lcm",
+}
+_KARRAS = {"dpm++2m": "dpm++2m-karras", "dpm++sde": "dpm++sde-karras"}
+
+# Other names (k-diffusion's, AUTOMATIC1111's internal ones, ComfyUI's, shorthands). Every name is compared
+# ignoring case, spaces, '-' and '_', so "Euler a", "euler_a" and "EULER-A" are one name.
+ALIASES = {
+    "plms": "pndm",
+    "dpm": "dpm++2m",
+    "dpmsolver++": "dpm++2m",
+    "dpmpp_2m": "dpm++2m",
+    "k_dpmpp_2m": "dpm++2m",
+    "dpmpp_2m_karras": "dpm++2m-karras",
+    "k_dpmpp_2m_ka": "dpm++2m-karras",
+    "dpmpp_sde": "dpm++sde",
+    "k_dpmpp_sde": "dpm++sde",
+    "dpmpp_sde_karras": "dpm++sde-karras",
+    "k_dpmpp_sde_ka": "dpm++sde-karras",
+    "k_euler": "euler",
+    "k_euler_a": "euler-a",
+    "k_euler_ancestral": "euler-a",
+    "euler_ancestral": "euler-a",
+    "k_heun": "heun",
+    "k_lms": "lms",
+    "uni_pc": "unipc",
+    "uni_pc_bh2": "unipc",
+    **{a1111.lower(): canonical for canonical, a1111 in A1111_NAMES.items()},
+    **{cls.lower(): canonical for cls, canonical in DIFFUSERS_CLASSES.items()},
+}
 
 __all__ = [
+    "A1111_NAMES",
     "ALIASES",
+    "DIFFUSERS_CLASSES",
     "SCHEDULER_NAMES",
     "DDIMScheduler",
+    "DDPMScheduler",
+    "DPMSolverMultistepKarrasScheduler",
     "DPMSolverMultistepScheduler",
+    "DPMSolverSDEKarrasScheduler",
+    "DPMSolverSDEScheduler",
+    "EulerAncestralDiscreteScheduler",
+    "EulerDiscreteScheduler",
+    "HeunDiscreteScheduler",
+    "LCMScheduler",
+    "LMSDiscreteScheduler",
     "PNDMScheduler",
     "Scheduler",
+    "UniPCMultistepScheduler",
     "a1111_name",
     "canonical_name",
+    "default_sampler",
     "make_scheduler",
 ]
 
 
+def _normalize(name: str) -> str:
+    return re.sub(r"[\s_\-]+", "", name.strip().lower())
+
+
+_LOOKUP = {_normalize(n): n for n in SCHEDULERS} | {_normalize(a): c for a, c in ALIASES.items()}
+
+
 def canonical_name(name: str) -> str:
-    """``"PLMS"`` → ``"pndm"``, ``"DPM++ 2M"`` → ``"dpm++2m"``; raises UserInputError for an unknown name."""
-    key = name.strip().lower() if isinstance(name, str) else None
-    if key in SCHEDULERS:
-        return key
-    if key in ALIASES:
-        return ALIASES[key]
-    raise UserInputError(
-        f"unknown sampler {name!r}; available: {', '.join(SCHEDULER_NAMES)} "
-        f"(also accepted: PLMS, DPM++ 2M, dpmsolver++, dpm; case does not matter)"
-    )
+    """``"PLMS"`` → ``"pndm"``, ``"Euler a"`` → ``"euler-a"``; raises UserInputError for an unknown name."""
+    canonical = _LOOKUP.get(_normalize(name)) if isinstance(name, str) else None
+    if canonical is None:
+        raise UserInputError(
+            f"unknown sampler {name!r}; available: {', '.join(SCHEDULER_NAMES)} (also accepted: AUTOMATIC1111's "
+            "names such as 'Euler a' or 'DPM++ 2M Karras', k-diffusion's such as 'k_euler_a', diffusers' "
+            "scheduler class names; case, spaces, '-' and '_' do not matter)"
+        )
+    return canonical
 
 
 def a1111_name(canonical: str) -> str:
-    """AUTOMATIC1111's display name of a sampler, as written into PNG infotext: "DDIM", "PLMS", "DPM++ 2M"."""
-    return _A1111_NAMES[canonical_name(canonical)]
+    """AUTOMATIC1111's display name of a sampler, as written into PNG infotext: "DDIM", "PLMS", "Euler a"…"""
+    return A1111_NAMES[canonical_name(canonical)]
+
+
+def default_sampler(scheduler_config: dict | None, fallback: str = "ddim") -> str:
+    """The sampler of a model's own scheduler_config: its ``_class_name`` (its Karras variant when the config sets
+    ``use_karras_sigmas``); ``fallback`` for a class sdrt does not know."""
+    config = scheduler_config or {}
+    canonical = DIFFUSERS_CLASSES.get(config.get("_class_name", ""), fallback)
+    return _KARRAS.get(canonical, canonical) if config.get("use_karras_sigmas") else canonical
 
 
 def make_scheduler(name: str, config: dict | None = None, **options) -> Scheduler:
     """The sampler ``name`` (any accepted name) built from a diffusers scheduler config: keys it does not take are
     ignored, missing ones take the diffusers class's default. ``options`` go to the constructor
-    (``use_karras_sigmas=True`` for dpm++2m)."""
+    (``use_karras_sigmas=True`` for dpm++2m, dpm++sde, euler, heun, lms, unipc)."""
     return SCHEDULERS[canonical_name(name)](config, **options)

@@ -9,12 +9,21 @@ from __future__ import annotations
 
 import math
 from types import SimpleNamespace
+from typing import Callable
 
 import numpy as np
 
 from ...errors import UserInputError
 
 TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
+
+NoiseSource = Callable[[tuple], np.ndarray]  # shape -> standard normal float32 noise
+
+
+def default_noise_source(seed: int = 0) -> NoiseSource:
+    """Standard normal float32 noise from a numpy Generator: what a stochastic sampler draws unless given another."""
+    rng = np.random.default_rng(seed)
+    return lambda shape: rng.standard_normal(shape, dtype=np.float32)
 
 
 def resolve_config(defaults: dict, config: dict | None, kind: str) -> SimpleNamespace:
@@ -119,6 +128,25 @@ def as_f32(array) -> np.ndarray:
     return np.asarray(array, dtype=np.float32)
 
 
+def index_for_timestep(timesteps: np.ndarray, t, missing: int | None = None) -> int:
+    """Where ``t`` is in ``timesteps``; of two matches the second (so img2img does not skip a σ), as diffusers.
+    Not found: ``missing`` (the multistep solvers use the last index), or an error."""
+    candidates = np.flatnonzero(timesteps == t)
+    if len(candidates) == 0:
+        if missing is None:
+            raise UserInputError(f"timestep {t!r} is not one of this sampler's timesteps")
+        return missing
+    return int(candidates[1] if len(candidates) > 1 else candidates[0])
+
+
+def check_unsupported(config, unsupported: dict, name: str, extra: list[str] = ()) -> None:
+    """Options of the diffusers class that sdrt does not implement must keep their defaults."""
+    found = [f"{k}={getattr(config, k)!r}" for k, v in unsupported.items() if getattr(config, k) != v]
+    found += list(extra)
+    if found:
+        raise UserInputError(f"the {name} sampler does not support {', '.join(found)} (scheduler config)")
+
+
 class Scheduler:
     """A sampler: ``set_timesteps(n)``, then for each ``t`` in ``timesteps``: ``scale_model_input``, the U-Net,
     ``step``. Built from a diffusers scheduler config (a dict); ``defaults`` are the target diffusers class's."""
@@ -127,6 +155,7 @@ class Scheduler:
     defaults: dict = {}
     prediction_types = ("epsilon", "v_prediction", "sample")
     order = 1  # model evaluations per step (diffusers' ``order``)
+    stochastic = False  # whether ``step`` draws noise (see ``set_noise_source``)
     init_noise_sigma = 1.0  # standard deviation of the initial noise
 
     def __init__(self, config: dict | None = None):
@@ -148,6 +177,7 @@ class Scheduler:
         self.alphas_cumprod = cumprod_f32(self.alphas)
         self.num_inference_steps: int | None = None
         self.timesteps = np.zeros(0, dtype=np.int64)
+        self._noise: NoiseSource = default_noise_source()
 
     @property
     def prediction_type(self) -> str:
@@ -169,6 +199,20 @@ class Scheduler:
 
     def set_timesteps(self, num_inference_steps: int) -> None:
         raise NotImplementedError
+
+    def set_noise_source(self, noise: NoiseSource) -> None:
+        """Where a stochastic sampler (euler-a, dpm++sde, ddpm, lcm) draws its noise: ``noise(shape)`` returns standard
+        normal float32 noise. euler-a, ddpm and lcm call it exactly where diffusers calls ``randn_tensor``, with the
+        same shapes, so a source that replays torch's CPU ``randn`` stream reproduces diffusers' samples; dpm++sde
+        samples its Brownian path from it (diffusers uses torchsde there: see dpm_sde.py). Deterministic samplers
+        never call it."""
+        self._noise = noise
+
+    def _draw_noise(self, shape) -> np.ndarray:
+        noise = as_f32(self._noise(tuple(shape)))
+        if noise.shape != tuple(shape):
+            raise ValueError(f"the noise source returned shape {noise.shape}, expected {tuple(shape)}")
+        return noise
 
     def set_begin_index(self, begin_index: int = 0) -> None:
         """img2img starts at ``timesteps[begin_index]``; only samplers that count their steps need to know."""

@@ -10,8 +10,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from ...errors import UserInputError
-from .common import Scheduler, as_f32, predict_x0
+from .common import Scheduler, as_f32, check_unsupported, index_for_timestep, predict_x0
+from .sigmas import (
+    alpha_sigma,
+    alpha_sigma_lambda,
+    karras_sigmas,
+    sigma_to_t,
+    solver_timesteps,
+    train_sigmas,
+    vp_add_noise,
+)
 
 # Options of diffusers' class that sdrt does not implement: each must keep its default.
 _UNSUPPORTED = dict(
@@ -55,7 +63,7 @@ class DPMSolverMultistepScheduler(Scheduler):
             c.use_karras_sigmas = bool(use_karras_sigmas)
         c.algorithm_type = {"deis": "dpmsolver++"}.get(c.algorithm_type, c.algorithm_type)  # as diffusers
         c.solver_type = "midpoint" if c.solver_type in ("logrho", "bh1", "bh2") else c.solver_type  # as diffusers
-        unsupported = [f"{k}={getattr(c, k)!r}" for k, v in _UNSUPPORTED.items() if getattr(c, k) != v]
+        unsupported = []
         if c.algorithm_type != "dpmsolver++":
             unsupported.append(f"algorithm_type={c.algorithm_type!r} (only 'dpmsolver++')")
         if c.solver_order not in (1, 2):
@@ -64,8 +72,7 @@ class DPMSolverMultistepScheduler(Scheduler):
             unsupported.append(f"solver_type={c.solver_type!r} (only 'midpoint' or 'heun')")
         if c.final_sigmas_type not in ("zero", "sigma_min"):
             unsupported.append(f"final_sigmas_type={c.final_sigmas_type!r} (only 'zero' or 'sigma_min')")
-        if unsupported:
-            raise UserInputError(f"the dpm++2m sampler does not support {', '.join(unsupported)} (scheduler config)")
+        check_unsupported(c, _UNSUPPORTED, self.name, unsupported)
         if c.rescale_betas_zero_snr:
             self.alphas_cumprod[-1] = 2**-24  # close to 0 without being 0, so the first σ is not inf (as diffusers)
         with np.errstate(divide="ignore"):
@@ -87,21 +94,14 @@ class DPMSolverMultistepScheduler(Scheduler):
         # 1. the timesteps: n of n + 1 points (t = 0 is never one), spaced as Table 2 of
         #    https://arxiv.org/abs/2305.08891; λ(t) clipped from below for numerical stability (cosine schedule)
         last_timestep = c.num_train_timesteps - int(np.searchsorted(np.flip(self.lambda_t), c.lambda_min_clipped))
-        if c.timestep_spacing == "linspace":
-            timesteps = np.linspace(0, last_timestep - 1, n + 1).round()[::-1][:-1].astype(np.int64)
-        elif c.timestep_spacing == "leading":
-            step_ratio = last_timestep // (n + 1)
-            timesteps = (np.arange(0, n + 1) * step_ratio).round()[::-1][:-1].astype(np.int64) + c.steps_offset
-        else:  # trailing
-            step_ratio = c.num_train_timesteps / n
-            timesteps = np.arange(last_timestep, 0, -step_ratio).round().astype(np.int64) - 1
+        timesteps = solver_timesteps(c, n, last_timestep)
 
         # 2. their noise levels σ; or Karras et al.'s σ spacing (https://arxiv.org/abs/2206.00364) and t from σ
-        sigmas = np.sqrt((1 - self.alphas_cumprod) / self.alphas_cumprod)
+        sigmas = train_sigmas(self.alphas_cumprod)
         log_sigmas = np.log(sigmas)
         if c.use_karras_sigmas:
-            sigmas = _karras_sigmas(np.flip(sigmas), n)
-            timesteps = _sigma_to_t(sigmas, log_sigmas)
+            sigmas = karras_sigmas(sigmas[0].item(), sigmas[-1].item(), n)
+            timesteps = sigma_to_t(sigmas, log_sigmas)
             if c.beta_schedule != "squaredcos_cap_v2":
                 timesteps = timesteps.round()
         else:
@@ -132,7 +132,7 @@ class DPMSolverMultistepScheduler(Scheduler):
         )
 
         # 3. convert the model output to the data prediction x0_θ(x_t, t): DPM-Solver++ integrates x0, not ε
-        alpha_t, sigma_t = _alpha_sigma(self.sigmas[self.step_index])
+        alpha_t, sigma_t = alpha_sigma(self.sigmas[self.step_index])
         x0_pred = predict_x0(self.prediction_type, model_output, sample, alpha_t, sigma_t)
         self.model_outputs = self.model_outputs[1:] + [x0_pred]
 
@@ -148,8 +148,8 @@ class DPMSolverMultistepScheduler(Scheduler):
 
     def _first_order_update(self, x0_pred: np.ndarray, sample: np.ndarray) -> np.ndarray:
         # 1. α, σ, λ of the current (s) and the next (t) noise level; λ_t = inf when σ_t = 0
-        alpha_t, sigma_t, lambda_t = _alpha_sigma_lambda(self.sigmas[self.step_index + 1])
-        alpha_s, sigma_s, lambda_s = _alpha_sigma_lambda(self.sigmas[self.step_index])
+        alpha_t, sigma_t, lambda_t = alpha_sigma_lambda(self.sigmas[self.step_index + 1])
+        alpha_s, sigma_s, lambda_s = alpha_sigma_lambda(self.sigmas[self.step_index])
         h = lambda_t - lambda_s
 
         # 2. x_t = (σ_t/σ_s)·x_s − α_t·(e^−h − 1)·x0_θ
@@ -158,14 +158,15 @@ class DPMSolverMultistepScheduler(Scheduler):
     def _second_order_update(self, model_outputs: list[np.ndarray], sample: np.ndarray) -> np.ndarray:
         # 1. α, σ, λ of the next (t), current (s0) and previous (s1) noise levels
         i = self.step_index
-        alpha_t, sigma_t, lambda_t = _alpha_sigma_lambda(self.sigmas[i + 1])
-        alpha_s0, sigma_s0, lambda_s0 = _alpha_sigma_lambda(self.sigmas[i])
-        alpha_s1, sigma_s1, lambda_s1 = _alpha_sigma_lambda(self.sigmas[i - 1])
+        alpha_t, sigma_t, lambda_t = alpha_sigma_lambda(self.sigmas[i + 1])
+        alpha_s0, sigma_s0, lambda_s0 = alpha_sigma_lambda(self.sigmas[i])
+        alpha_s1, sigma_s1, lambda_s1 = alpha_sigma_lambda(self.sigmas[i - 1])
 
         # 2. step sizes in λ and the finite difference D1 of the x0 predictions
         m0, m1 = model_outputs[-1], model_outputs[-2]
         h, h_0 = lambda_t - lambda_s0, lambda_s0 - lambda_s1
-        r0 = h_0 / h
+        with np.errstate(divide="ignore"):  # h = 0 when Karras σ end on σ_min and so does the final one: D1 = 0
+            r0 = h_0 / h
         D0, D1 = m0, (1.0 / r0) * (m0 - m1)
 
         # 3. x_t = (σ_t/σ_s0)·x_s0 − α_t·(e^−h − 1)·D0 − ½·α_t·(e^−h − 1)·D1  (midpoint; heun weighs D1 differently)
@@ -182,53 +183,17 @@ class DPMSolverMultistepScheduler(Scheduler):
         )
 
     def _index_for_timestep(self, t) -> int:
-        """Where ``t`` is in ``timesteps``; of two matches the second (so img2img does not skip a σ), as diffusers."""
-        candidates = np.flatnonzero(self.timesteps == t)
-        if len(candidates) == 0:
-            return len(self.timesteps) - 1
-        return int(candidates[1] if len(candidates) > 1 else candidates[0])
+        return index_for_timestep(self.timesteps, t, missing=len(self.timesteps) - 1)
 
     def add_noise(self, original: np.ndarray, noise: np.ndarray, timesteps) -> np.ndarray:
         """x_t = α_t·x0 + σ_t·ε at the σ of each timestep (of ``begin_index`` or the current step when set)."""
-        sigmas = self.sigmas.astype(original.dtype)
-        timesteps = np.atleast_1d(np.asarray(timesteps))
-        if self.begin_index is None:
-            indices = [self._index_for_timestep(t) for t in timesteps]
-        elif self.step_index is not None:  # after the first denoising step (inpainting)
-            indices = [self.step_index] * len(timesteps)
-        else:  # before it (img2img)
-            indices = [self.begin_index] * len(timesteps)
-        alpha_t, sigma_t = _alpha_sigma(sigmas[indices].reshape((-1,) + (1,) * (original.ndim - 1)))
-        return alpha_t * original + sigma_t * noise
+        return vp_add_noise(self, original, noise, timesteps)
 
 
-def _alpha_sigma(sigma):
-    """α_t = 1/√(σ²+1) and σ_t = σ·α_t of a noise level σ."""
-    alpha_t = 1 / np.sqrt(sigma**2 + 1)
-    return alpha_t, sigma * alpha_t
+class DPMSolverMultistepKarrasScheduler(DPMSolverMultistepScheduler):
+    """DPM++ 2M Karras (AUTOMATIC1111's name): DPM-Solver++(2M) on Karras et al.'s σ spacing."""
 
+    name = "dpm++2m-karras"
 
-def _alpha_sigma_lambda(sigma):
-    alpha_t, sigma_t = _alpha_sigma(sigma)
-    with np.errstate(divide="ignore"):  # σ = 0: λ = inf
-        return alpha_t, sigma_t, np.log(alpha_t) - np.log(sigma_t)
-
-
-def _karras_sigmas(in_sigmas: np.ndarray, num_inference_steps: int) -> np.ndarray:
-    """σ_i = (σ_max^(1/ρ) + i/(n−1)·(σ_min^(1/ρ) − σ_max^(1/ρ)))^ρ with ρ = 7 (float64, as diffusers)."""
-    sigma_min, sigma_max = in_sigmas[-1].item(), in_sigmas[0].item()
-    rho = 7.0
-    ramp = np.linspace(0, 1, num_inference_steps)
-    min_inv_rho, max_inv_rho = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
-    return (max_inv_rho + ramp * (min_inv_rho - max_inv_rho)) ** rho
-
-
-def _sigma_to_t(sigma: np.ndarray, log_sigmas: np.ndarray) -> np.ndarray:
-    """The (fractional) timesteps of noise levels σ, interpolating linearly in log σ."""
-    log_sigma = np.log(np.maximum(sigma, 1e-10))
-    dists = log_sigma - log_sigmas[:, np.newaxis]
-    low_idx = np.cumsum((dists >= 0), axis=0).argmax(axis=0).clip(max=log_sigmas.shape[0] - 2)
-    high_idx = low_idx + 1
-    low, high = log_sigmas[low_idx], log_sigmas[high_idx]
-    w = np.clip((low - log_sigma) / (low - high), 0, 1)
-    return ((1 - w) * low_idx + w * high_idx).reshape(sigma.shape)
+    def __init__(self, config: dict | None = None, *, use_karras_sigmas: bool = True):
+        super().__init__(config, use_karras_sigmas=use_karras_sigmas)
