@@ -68,6 +68,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
                 scheduler=args.sampler,
                 num_images=args.batch,
                 callback=progress,
+                noise=args.noise,
             )
         finally:
             if bar is not None:
@@ -118,6 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--height", type=int, default=None)
     p.add_argument("--sampler", default=None, help=f"{', '.join(SCHEDULER_NAMES)} (default: the model's own)")
     p.add_argument("--batch", type=int, default=1, help="images per prompt")
+    p.add_argument("--noise", choices=("torch", "numpy"), default="torch",
+                   help="torch: the noise diffusers draws for the seed (default); numpy: numpy's generator")
     p.add_argument("--backend", default="onnxruntime")
     p.add_argument("--out", default="sdrt.png", help="PNG path; a batch writes NAME-0.png, NAME-1.png, …")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")

@@ -6,7 +6,22 @@ import torch
 
 from sdrt.runtime import Pipeline
 
-DIFFUSERS_CLASS = {"ddim": "DDIMScheduler", "pndm": "PNDMScheduler", "dpm++2m": "DPMSolverMultistepScheduler"}
+# sampler -> (diffusers class, extra from_config arguments)
+DIFFUSERS_CLASS = {
+    "ddim": ("DDIMScheduler", {}),
+    "pndm": ("PNDMScheduler", {}),
+    "dpm++2m": ("DPMSolverMultistepScheduler", {}),
+    "dpm++2m-karras": ("DPMSolverMultistepScheduler", {"use_karras_sigmas": True}),
+    "euler": ("EulerDiscreteScheduler", {}),
+    "euler-a": ("EulerAncestralDiscreteScheduler", {}),
+    "heun": ("HeunDiscreteScheduler", {}),
+    "lms": ("LMSDiscreteScheduler", {}),
+    "unipc": ("UniPCMultistepScheduler", {}),
+    "ddpm": ("DDPMScheduler", {}),
+    "lcm": ("LCMScheduler", {}),
+}
+# DPM++ SDE is left out end to end: diffusers draws its noise from torchsde's Brownian tree, which no
+# seed reproduces without torch; its step math is checked against diffusers in test_samplers_extra.
 PROMPT = "a red circle on a blue background"
 STEPS = 8
 
@@ -16,12 +31,15 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
 
 
-def diffusers_run(pipe, sampler, latents, **kwargs):
+def diffusers_run(pipe, sampler, latents=None, **kwargs):
     import diffusers
 
-    pipe.scheduler = getattr(diffusers, DIFFUSERS_CLASS[sampler]).from_config(pipe.scheduler.config)
+    cls, extra = DIFFUSERS_CLASS[sampler]
+    pipe.scheduler = getattr(diffusers, cls).from_config(pipe.scheduler.config, **extra)
+    if latents is not None:
+        kwargs["latents"] = torch.from_numpy(latents)
     with torch.no_grad():
-        final = pipe(latents=torch.from_numpy(latents), output_type="latent", num_inference_steps=STEPS, **kwargs).images
+        final = pipe(output_type="latent", num_inference_steps=STEPS, **kwargs).images
         image = pipe.vae.decode(final / pipe.vae.config.scaling_factor, return_dict=False)[0]
     image = pipe.image_processor.postprocess(image, output_type="np")
     return final.numpy(), (image * 255).round().astype(np.uint8)
@@ -72,3 +90,21 @@ def test_fp16_export_stays_close(export_dir):
         a, b = fp32(PROMPT, **kwargs), fp16(PROMPT, **kwargs)
     assert np.isfinite(b.latents).all()
     assert psnr(np.asarray(a.images[0]), np.asarray(b.images[0])) > 30
+
+
+@pytest.mark.parametrize("model", ["tiny", "tiny-sd2"])
+@pytest.mark.parametrize("sampler", sorted(DIFFUSERS_CLASS))
+def test_seed_gives_diffusers_image(pipelines, reference_pipeline, model, sampler):
+    """No latents passed: the seed alone (initial noise, then the stochastic samplers' step noise)
+    reproduces diffusers with torch.Generator("cpu").manual_seed(seed)."""
+    if sampler == "lms":
+        pytest.importorskip("scipy", reason="diffusers' LMS scheduler integrates with scipy")
+    seed = 1234
+    ours = pipelines[model](PROMPT, negative_prompt="dark", num_inference_steps=STEPS, guidance_scale=7.5,
+                            height=64, width=64, scheduler=sampler, seed=seed)
+    ref_latents, ref_images = diffusers_run(reference_pipeline(model), sampler, prompt=PROMPT, negative_prompt="dark",
+                                            guidance_scale=7.5, height=64, width=64,
+                                            generator=torch.Generator("cpu").manual_seed(seed))
+    rel = np.abs(ours.latents - ref_latents).max() / np.abs(ref_latents).max()
+    assert rel < 1e-4, f"final latents differ: relative error {rel:.2e}"
+    assert psnr(np.asarray(ours.images[0]), ref_images[0]) > 40

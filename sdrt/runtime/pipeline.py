@@ -20,14 +20,11 @@ from ..errors import SdrtError, UserInputError
 from ..manifest import Manifest, load_manifest
 from . import images as imageio
 from .backends import Backend, create_backend
-from .noise import MAX_SEED, initial_noise, random_seed
-from .schedulers import a1111_name, canonical_name, make_scheduler
+from .noise import MAX_SEED, GeneratorKind, make_generator, random_seed
+from .schedulers import a1111_name, canonical_name, default_sampler, make_scheduler
 from .tokenizer import ClipTokenizer
 
 log = logging.getLogger("sdrt")
-
-# The scheduler a model ships with (its scheduler_config class) names the default sampler.
-_DEFAULT_SAMPLER = {"DDIMScheduler": "ddim", "PNDMScheduler": "pndm", "DPMSolverMultistepScheduler": "dpm++2m"}
 
 StepCallback = Callable[[int, int], None]  # (step index, total steps)
 
@@ -56,7 +53,8 @@ class Pipeline:
     def __init__(self, folder: Path, manifest: Manifest, backend: Backend):
         self.folder, self.manifest, self.backend = folder, manifest, backend
         self.tokenizer = ClipTokenizer(folder, manifest.tokenizers["tokenizer"])
-        self.default_sampler = _DEFAULT_SAMPLER.get(manifest.scheduler_config.get("_class_name", ""), "ddim")
+        # the scheduler the model ships with (its scheduler_config class) names the default sampler
+        self.default_sampler = default_sampler(manifest.scheduler_config)
 
     @classmethod
     def load(cls, folder: str | Path, backend: str | Backend = "onnxruntime") -> Pipeline:
@@ -89,7 +87,11 @@ class Pipeline:
         num_images: int = 1,
         latents: np.ndarray | None = None,
         callback: StepCallback | None = None,
+        noise: GeneratorKind = "torch",
     ) -> GenerationResult:
+        """Generate images. ``noise="torch"`` draws the same numbers as diffusers' CPU
+        ``torch.Generator().manual_seed(seed)`` (initial latents, then the stochastic samplers' step
+        noise, from one generator), so a seed gives diffusers' image; ``"numpy"`` uses numpy's PCG64."""
         m = self.manifest
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         height = m.default_size if height is None else height
@@ -98,6 +100,9 @@ class Pipeline:
         negatives = self._negatives(negative_prompt, len(prompts))
         self._check(prompts, num_inference_steps, guidance_scale, height, width, num_images, seed)
         seed = random_seed() if seed is None else int(seed)
+        if noise not in ("torch", "numpy"):
+            raise UserInputError(f"noise must be 'torch' or 'numpy', got {noise!r}")
+        generator = make_generator(seed, noise)
         batch = len(prompts) * num_images
         shape = (batch, m.latent_channels, height // m.vae_scale_factor, width // m.vae_scale_factor)
         if latents is not None:
@@ -105,23 +110,24 @@ class Pipeline:
             if latents.shape != shape:
                 raise UserInputError(f"latents must have shape {shape} for this request, got {latents.shape}")
         else:
-            latents = initial_noise(seed, shape)
+            latents = generator.randn(shape)
 
         images, final, timings = self._txt2img(
-            prompts, negatives, num_images, num_inference_steps, guidance_scale, sampler, latents, callback
+            prompts, negatives, num_images, num_inference_steps, guidance_scale, sampler, latents, generator, callback
         )
         parameters = [
             imageio.infotext(
                 p, n, steps=num_inference_steps, sampler=a1111_name(sampler), cfg_scale=guidance_scale, seed=seed,
                 width=width, height=height, model_hash=m.model_hash, model=m.source.get("model"),
-                extra={"Version": f"sdrt {_version()}"},
+                # "RNG: CPU" is AUTOMATIC1111's name for torch's CPU generator, which "torch" noise reproduces
+                extra={"RNG": "CPU" if noise == "torch" else "NumPy", "Version": f"sdrt {_version()}"},
             )
             for p, n in zip(prompts, negatives)
             for _ in range(num_images)
         ]
         return GenerationResult(images, final, seed, parameters, timings)
 
-    def _txt2img(self, prompts, negatives, num_images, steps, guidance_scale, sampler, latents, callback):
+    def _txt2img(self, prompts, negatives, num_images, steps, guidance_scale, sampler, latents, generator, callback):
         m, timings = self.manifest, {}
         do_cfg = guidance_scale > 1.0  # as diffusers: guidance 1 (or less) is one plain U-Net pass
 
@@ -134,6 +140,7 @@ class Pipeline:
 
         # 2. prepare the sampler and the initial noise
         scheduler = make_scheduler(sampler, m.scheduler_config)
+        scheduler.set_noise_source(generator.randn)  # stochastic samplers continue the seed's stream
         scheduler.set_timesteps(steps)
         latents = latents * np.float32(scheduler.init_noise_sigma)
 
