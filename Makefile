@@ -1,4 +1,4 @@
-# make demo: export the built-in `tiny` model and generate a PNG on ONNX Runtime (CPU).
+# make demo: export the built-in `shapes` model and draw a contact sheet of prompts on ONNX Runtime (CPU).
 # make test: the test suite. Both create .venv and install the project into it first.
 PYTHON ?= python3
 VENV ?= .venv
@@ -16,12 +16,18 @@ $(STAMP): setup.py constraints.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m sdrt.cli export tiny $(DEMO)/tiny
-	$(PY) -m sdrt.cli generate $(DEMO)/tiny --prompt "a red circle on a blue background" \
-		--negative-prompt "blurry" --steps 20 --seed 42 --sampler dpm++2m --out $(DEMO)/tiny.png
+	$(PY) -m sdrt.cli export shapes $(DEMO)/shapes
+	$(PY) scripts/demo.py $(DEMO)/shapes --out $(DEMO)/contact_sheet.png
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
+
+# make train-shapes: train the built-in `shapes` model from scratch (~27 minutes on 2 CPU cores)
+# and ship it into the package (sdrt/data/arch/shapes, sdrt/data/weights/shapes; git shows the change).
+.PHONY: train-shapes
+train-shapes: $(STAMP)
+	$(PY) scripts/train_shapes.py --out build/shapes-train
+	$(PY) scripts/ship_shapes.py build/shapes-train/model
 
 clean:
 	rm -rf build $(VENV) .pytest_cache

@@ -14,7 +14,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["sdrt", "sdrt.*"]),
-    package_data={"sdrt": ["data/clip/*", "data/arch/*/*.json", "data/arch/*/*/*.json"]},
+    package_data={"sdrt": ["data/clip/*", "data/arch/*/*.json", "data/arch/*/*/*.json", "data/weights/*/*"]},
     # The runtime: numpy + ONNX Runtime + tokenizers + Pillow. Never torch.
     install_requires=[
         "numpy>=1.24",

@@ -30,13 +30,13 @@ def export_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def reference_pipeline():
     """The diffusers pipeline a built-in export came from (same seed, same weights)."""
-    from sdrt.export.builtin import BUILTIN_MODELS, build_random_pipeline
+    from sdrt.export.builtin import build_builtin
 
     made = {}
 
     def get(model: str = "tiny"):
         if model not in made:
-            made[model] = build_random_pipeline(BUILTIN_MODELS[model][0])
+            made[model] = build_builtin(model)
         return made[model]
 
     return get

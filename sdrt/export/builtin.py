@@ -1,25 +1,37 @@
-"""Built-in models: diffusers pipelines with the real architecture and random weights.
+"""Built-in models: diffusers pipelines made from config JSON stored in ``sdrt/data/arch``.
 
-Made deterministically from a seed and config JSON stored in ``sdrt/data/arch``; nothing is
-downloaded. ``tiny`` and ``tiny-sd2`` are small enough for tests and the demo; ``sd15-arch`` and
-``sd21-arch`` have full-size configs so benchmarks do real-sized work.
+Nothing is downloaded. ``shapes`` carries weights trained by ``scripts/train_shapes.py`` (stored
+as fp16 safetensors in ``sdrt/data/weights/shapes``): it draws what it is told. The others have
+random weights drawn from a seed: ``tiny`` and ``tiny-sd2`` are small enough for structural
+tests; ``sd15-arch`` and ``sd21-arch`` have full-size configs so benchmarks do real-sized work.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 ARCH_DIR = DATA_DIR / "arch"
+WEIGHTS_DIR = DATA_DIR / "weights"
 CLIP_VOCAB_DIR = DATA_DIR / "clip"
+NETWORKS = ("unet", "vae", "text_encoder")
 
-# built-in name -> (config folder, the side range the export declares, in pixels)
-BUILTIN_MODELS: dict[str, tuple[str, tuple[int, int]]] = {
-    "tiny": ("tiny", (64, 512)),
-    "tiny-sd2": ("tiny-sd2", (64, 512)),
-    "sd15-arch": ("sd15", (256, 1024)),
-    "sd21-arch": ("sd21", (256, 1024)),
+
+@dataclass(frozen=True)
+class BuiltinModel:
+    arch: str  # config folder in sdrt/data/arch
+    size_range: tuple[int, int]  # image sides (pixels) the export declares
+    trained: bool = False  # weights in sdrt/data/weights/<arch>, else random from a seed
+
+
+BUILTIN_MODELS: dict[str, BuiltinModel] = {
+    "shapes": BuiltinModel("shapes", (32, 128), trained=True),
+    "tiny": BuiltinModel("tiny", (64, 512)),
+    "tiny-sd2": BuiltinModel("tiny-sd2", (64, 512)),
+    "sd15-arch": BuiltinModel("sd15", (256, 1024)),
+    "sd21-arch": BuiltinModel("sd21", (256, 1024)),
 }
 DEFAULT_SEED = 0
 
@@ -34,6 +46,24 @@ def clip_tokenizer(tokenizer_config: dict):
 
     kwargs = {k: v for k, v in tokenizer_config.items() if k in ("model_max_length", "bos_token", "eos_token", "unk_token", "pad_token")}
     return CLIPTokenizer(str(CLIP_VOCAB_DIR / "vocab.json"), str(CLIP_VOCAB_DIR / "merges.txt"), **kwargs)
+
+
+def build_builtin(name: str):
+    """The diffusers pipeline of the built-in model ``name``."""
+    model = BUILTIN_MODELS[name]
+    pipe = build_random_pipeline(model.arch)
+    if model.trained:
+        load_weights(pipe, WEIGHTS_DIR / model.arch)
+    return pipe
+
+
+def load_weights(pipe, folder: Path) -> None:
+    """Load ``<network>.safetensors`` (fp16 on disk) into the pipeline's fp32 networks, strictly."""
+    from safetensors.torch import load_file
+
+    for name in NETWORKS:
+        state = {k: v.float() for k, v in load_file(str(folder / f"{name}.safetensors")).items()}
+        getattr(pipe, name).load_state_dict(state, strict=True)
 
 
 def build_random_pipeline(arch: str, seed: int = DEFAULT_SEED):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..errors import ModelSourceError
 from ..fileio import sha256_file
-from .builtin import BUILTIN_MODELS, build_random_pipeline
+from .builtin import BUILTIN_MODELS, build_builtin
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
 
@@ -67,9 +67,8 @@ def load_model(model: str, allow_pickle: bool = False, arch: str | None = None) 
     keys cannot tell it.
     """
     if model in BUILTIN_MODELS:
-        arch, size_range = BUILTIN_MODELS[model]
-        pipe = build_random_pipeline(arch)
-        return LoadedModel(pipe, "builtin", model, _weights_hash(pipe), size_range)
+        pipe = build_builtin(model)
+        return LoadedModel(pipe, "builtin", model, _weights_hash(pipe), BUILTIN_MODELS[model].size_range)
 
     path = Path(model).expanduser()
     if not path.exists():
