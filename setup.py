@@ -33,7 +33,7 @@ setup(
             "onnx>=1.16",
             "safetensors>=0.4",
         ],
-        "test": ["pytest>=7"],
+        "test": ["pytest>=7", "scipy>=1.10"],  # scipy: diffusers' LMS reference in the parity tests
     },
     entry_points={"console_scripts": ["sdrt=sdrt.cli:main"]},
 )

@@ -23,6 +23,7 @@ DIFFUSERS_CLASS = {
 # DPM++ SDE is left out end to end: diffusers draws its noise from torchsde's Brownian tree, which no
 # seed reproduces without torch; its step math is checked against diffusers in test_samplers_extra.
 PROMPT = "a red circle on a blue background"
+ORIGINAL_SCHEDULER_CONFIG: dict[int, object] = {}
 STEPS = 8
 
 
@@ -35,7 +36,10 @@ def diffusers_run(pipe, sampler, latents=None, **kwargs):
     import diffusers
 
     cls, extra = DIFFUSERS_CLASS[sampler]
-    pipe.scheduler = getattr(diffusers, cls).from_config(pipe.scheduler.config, **extra)
+    # Always from the model's own scheduler config: the reference pipeline is shared between tests,
+    # and a config converted for one sampler (say, with Karras sigmas) would leak into the next.
+    original = ORIGINAL_SCHEDULER_CONFIG.setdefault(id(pipe), pipe.scheduler.config)
+    pipe.scheduler = getattr(diffusers, cls).from_config(original, **extra)
     if latents is not None:
         kwargs["latents"] = torch.from_numpy(latents)
     with torch.no_grad():
