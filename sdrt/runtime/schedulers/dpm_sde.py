@@ -25,10 +25,10 @@ from .sigmas import (
     exp_f32,
     expm1_f32,
     float_timesteps,
+    interpolated_sigmas,
     karras_sigmas,
     predict_x0_from_sigma,
     sigma_to_t,
-    train_sigmas,
 )
 
 _UNSUPPORTED = dict(use_exponential_sigmas=False, use_beta_sigmas=False)
@@ -107,9 +107,7 @@ class DPMSolverSDEScheduler(SigmaScheduler):
         n = self.num_inference_steps = self._check_steps(num_inference_steps)
         # 1. the timesteps (float64) and their σ, or Karras et al.'s σ spacing between the same ends (t from σ)
         timesteps = float_timesteps(c, n)
-        sigmas = train_sigmas(self.alphas_cumprod)
-        log_sigmas = np.log(sigmas)
-        sigmas = np.interp(timesteps, np.arange(0, len(sigmas)), sigmas)
+        sigmas, log_sigmas = interpolated_sigmas(timesteps, self.alphas_cumprod)
         if c.use_karras_sigmas:
             sigmas = karras_sigmas(sigmas[-1].item(), sigmas[0].item(), n)
             timesteps = sigma_to_t(sigmas, log_sigmas)

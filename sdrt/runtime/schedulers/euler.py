@@ -11,7 +11,15 @@ from __future__ import annotations
 import numpy as np
 
 from .common import as_f32, check_unsupported
-from .sigmas import SigmaScheduler, float_timesteps, karras_sigmas, predict_x0_from_sigma, sigma_to_t, train_sigmas
+from .sigmas import (
+    SigmaScheduler,
+    float_timesteps,
+    interpolated_sigmas,
+    karras_sigmas,
+    predict_x0_from_sigma,
+    sigma_to_t,
+    train_sigmas,
+)
 
 # Options of diffusers' EulerDiscreteScheduler that sdrt does not implement: each must keep its default.
 _UNSUPPORTED = dict(interpolation_type="linear", use_exponential_sigmas=False, use_beta_sigmas=False)
@@ -54,9 +62,7 @@ class EulerDiscreteScheduler(SigmaScheduler):
         n = self.num_inference_steps = self._check_steps(num_inference_steps)
         # 1. the timesteps (float32: linspace is not rounded), and their σ interpolated linearly in t
         timesteps = float_timesteps(c, n).astype(np.float32)
-        sigmas = train_sigmas(self.alphas_cumprod)
-        log_sigmas = np.log(sigmas)
-        sigmas = np.interp(timesteps, np.arange(0, len(sigmas)), sigmas)
+        sigmas, log_sigmas = interpolated_sigmas(timesteps, self.alphas_cumprod)
 
         # 2. or Karras et al.'s σ spacing between the ends of those (or the config's σ_min, σ_max), t from σ
         if c.use_karras_sigmas:

@@ -11,7 +11,14 @@ from __future__ import annotations
 import numpy as np
 
 from .common import as_f32, check_unsupported
-from .sigmas import SigmaScheduler, float_timesteps, karras_sigmas, predict_x0_from_sigma, sigma_to_t, train_sigmas
+from .sigmas import (
+    SigmaScheduler,
+    float_timesteps,
+    interpolated_sigmas,
+    karras_sigmas,
+    predict_x0_from_sigma,
+    sigma_to_t,
+)
 
 _UNSUPPORTED = dict(use_exponential_sigmas=False, use_beta_sigmas=False)
 
@@ -52,9 +59,7 @@ class HeunDiscreteScheduler(SigmaScheduler):
         n = self.num_inference_steps = self._check_steps(num_inference_steps)
         # 1. the timesteps and their σ (or Karras et al.'s σ spacing between the same ends, t from σ)
         timesteps = float_timesteps(c, n).astype(np.float32)
-        sigmas = train_sigmas(self.alphas_cumprod)
-        log_sigmas = np.log(sigmas)
-        sigmas = np.interp(timesteps, np.arange(0, len(sigmas)), sigmas)
+        sigmas, log_sigmas = interpolated_sigmas(timesteps, self.alphas_cumprod)
         if c.use_karras_sigmas:
             sigmas = karras_sigmas(sigmas[-1].item(), sigmas[0].item(), n)
             timesteps = sigma_to_t(sigmas, log_sigmas)

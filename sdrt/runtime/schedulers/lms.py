@@ -12,7 +12,14 @@ import numpy as np
 from numpy.polynomial import polynomial as P
 
 from .common import as_f32, check_unsupported
-from .sigmas import SigmaScheduler, float_timesteps, karras_sigmas, predict_x0_from_sigma, sigma_to_t, train_sigmas
+from .sigmas import (
+    SigmaScheduler,
+    float_timesteps,
+    interpolated_sigmas,
+    karras_sigmas,
+    predict_x0_from_sigma,
+    sigma_to_t,
+)
 
 _UNSUPPORTED = dict(use_exponential_sigmas=False, use_beta_sigmas=False)
 
@@ -48,9 +55,7 @@ class LMSDiscreteScheduler(SigmaScheduler):
         c = self.config
         n = self.num_inference_steps = self._check_steps(num_inference_steps)
         timesteps = float_timesteps(c, n).astype(np.float32)
-        sigmas = train_sigmas(self.alphas_cumprod)
-        log_sigmas = np.log(sigmas)
-        sigmas = np.interp(timesteps, np.arange(0, len(sigmas)), sigmas)
+        sigmas, log_sigmas = interpolated_sigmas(timesteps, self.alphas_cumprod)
         if c.use_karras_sigmas:
             sigmas = karras_sigmas(sigmas[-1].item(), sigmas[0].item(), n)
             timesteps = sigma_to_t(sigmas, log_sigmas)

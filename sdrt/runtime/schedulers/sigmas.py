@@ -19,6 +19,12 @@ def train_sigmas(alphas_cumprod: np.ndarray) -> np.ndarray:
     return np.sqrt((1 - alphas_cumprod) / alphas_cumprod)
 
 
+def interpolated_sigmas(timesteps: np.ndarray, alphas_cumprod: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """σ at (fractional) ``timesteps``, interpolated linearly in t between the training σ; and log σ of those."""
+    sigmas = train_sigmas(alphas_cumprod)
+    return np.interp(timesteps, np.arange(0, len(sigmas)), sigmas), np.log(sigmas)
+
+
 def float_timesteps(config, num_inference_steps: int) -> np.ndarray:
     """The descending float64 timesteps of the σ samplers (Table 2 of https://arxiv.org/abs/2305.08891); unlike
     ``spaced_timesteps``, ``linspace`` is not rounded (Euler's 20 steps start 999, 946.4…)."""
