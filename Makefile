@@ -22,7 +22,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q tests
 
-# make train-shapes: train the built-in `shapes` model from scratch (~27 minutes on 2 CPU cores)
+# make train-shapes: train the built-in `shapes` model from scratch (~26 minutes on 2 CPU cores)
 # and ship it into the package (sdrt/data/arch/shapes, sdrt/data/weights/shapes; git shows the change).
 .PHONY: train-shapes
 train-shapes: $(STAMP)

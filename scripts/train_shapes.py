@@ -20,7 +20,7 @@ steps fit), each with a progress bar and a log file in OUT:
                steps, guidance 5, fixed seeds, read back by ``sdrt.shapes.read``; a contact
                sheet and OUT/model/MODEL_CARD.md
 
-    python scripts/train_shapes.py --out build/shapes-train          # ~27 minutes on 2 cores
+    python scripts/train_shapes.py --out build/shapes-train          # ~26 minutes on 2 cores
     python scripts/train_shapes.py --vae-minutes 0.2 --unet-minutes 0.3 --images 500  # smoke test
 
 torch, diffusers and transformers are needed here only; nothing of this script is imported by
@@ -88,17 +88,17 @@ ARCH = REPO / "sdrt" / "data" / "arch" / "tiny"  # SD 1.x's scheduler and tokeni
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="build/shapes-train", help="output folder (default: %(default)s)")
-    p.add_argument("--vae-minutes", type=float, default=5.5, help="VAE training time cap (default: %(default)s)")
-    p.add_argument("--unet-minutes", type=float, default=18.0,
+    p.add_argument("--vae-minutes", type=float, default=5.0, help="VAE training time cap (default: %(default)s)")
+    p.add_argument("--unet-minutes", type=float, default=19.0,
                    help="U-Net + text encoder training time cap (default: %(default)s)")
     p.add_argument("--images", type=int, default=10000, help="data set size (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of the data, the weights and the noise (default: %(default)s)")
-    p.add_argument("--batch-size", type=int, default=32, help="U-Net batch size (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=16, help="U-Net batch size (default: %(default)s)")
     p.add_argument("--vae-batch-size", type=int, default=16, help="VAE batch size (default: %(default)s)")
     p.add_argument("--threads", type=int, default=2, help="torch threads (default: %(default)s)")
     p.add_argument("--unet-channels", default=",".join(map(str, UNET_CONFIG["block_out_channels"])),
                    help="U-Net block_out_channels, three numbers (default: %(default)s)")
-    p.add_argument("--lr", type=float, default=5e-4, help="U-Net + text encoder peak learning rate (default: %(default)s)")
+    p.add_argument("--lr", type=float, default=1e-3, help="U-Net + text encoder peak learning rate (default: %(default)s)")
     p.add_argument("--vae-lr", type=float, default=1e-3, help="VAE peak learning rate (default: %(default)s)")
     p.add_argument("--warmup-steps", type=int, default=100, help="linear warm-up, both stages (default: %(default)s)")
     p.add_argument("--kl-weight", type=float, default=1e-4,
@@ -109,6 +109,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--offset-noise", type=float, default=0.05,
                    help="per-channel constant noise added in training, so plain backgrounds follow the prompt "
                         "rather than the starting noise; 0 turns it off (default: %(default)s)")
+    p.add_argument("--ema", type=float, default=0.998,
+                   help="decay of the exponential moving average of the U-Net and text-encoder weights that is "
+                        "shipped; 0 ships the last weights (default: %(default)s)")
     p.add_argument("--reuse-vae", action="store_true", help="load OUT/vae from an earlier run instead of training it")
     p.add_argument("--check-steps", type=int, default=25, help="sampling steps of the adherence check (default: %(default)s)")
     p.add_argument("--check-guidance", type=float, default=5.0, help="guidance of the adherence check (default: %(default)s)")
@@ -315,6 +318,7 @@ def train_unet(lat_mean, lat_std, scale: float, caption_index: np.ndarray, capti
     weights = snr.clamp(max=args.snr_gamma) / snr
     params = list(unet.parameters()) + list(text_encoder.parameters())
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=1e-2)
+    ema = [p.detach().clone() for p in params] if args.ema else None
     order = batches(len(caption_index), args.batch_size, rng)
     caption_index = torch.from_numpy(caption_index)
     n_timesteps = noise_schedule.config.num_train_timesteps
@@ -337,9 +341,19 @@ def train_unet(lat_mean, lat_std, scale: float, caption_index: np.ndarray, capti
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
+        if ema is not None:
+            # the usual warm-up of the decay, so the average does not remember the random start
+            decay = min(args.ema, (1 + i) / (10 + i))
+            with torch.no_grad():
+                for e, p in zip(ema, params):
+                    e.lerp_(p, 1 - decay)
         return float(loss)
 
     steps, seconds, losses = timed_loop("unet+text", args.unet_minutes * 60, step, opt, args.lr, args.warmup_steps, log)
+    if ema is not None:
+        with torch.no_grad():
+            for p, e in zip(params, ema):
+                p.copy_(e)
     unet.eval()
     text_encoder.eval()
     stats = {"steps": steps, "seconds": round(seconds, 1), "batch_size": args.batch_size,
@@ -430,7 +444,8 @@ with cross-attention, CLIPTextModel with the real CLIP vocabulary) trained from 
   Reconstructions of {rec['images']} training images: mean abs error {rec['mean_abs_error_8bit']} (of 255), read right {rec['read_right']}/{rec['images']}.
 - U-Net and text encoder trained together: AdamW lr {a['lr']}, weight decay 0.01, {a['warmup_steps']} warm-up steps then cosine
   decay to 5% at the time cap; epsilon prediction; min-SNR-gamma weights (gamma {a['snr_gamma']}); {a['caption_dropout']:.0%} of
-  captions replaced by "" (classifier-free guidance); offset noise {a['offset_noise']}; gradient norm clipped at 1.
+  captions replaced by "" (classifier-free guidance); offset noise {a['offset_noise']}; gradient norm clipped at 1;
+  the weights shipped are the exponential moving average of the training weights (decay {a['ema']}; 0 = the last weights).
 - Seed {a['seed']}; {m['torch_threads']} torch threads.
 
 ## Machine

@@ -19,11 +19,9 @@ def test_prompt_adherence(export_dir, backend, fp16):
         ]
     right, details = adherence(images, CHECKS)
     wrong = [(d["expected"], d["read"]) for d in details if not d["right"]]
-    # The goal is 8/9 with all three parts right. The shipped model draws colour and background
-    # reliably but its shapes are still weak (6/9 in all when it was shipped): guard what it does.
-    for part in ("colour", "background"):
-        assert sum(d[part] for d in details) >= 8, f"{part} wrong too often: {wrong}"
-    assert right >= 6, f"{right}/9 right; wrong: {wrong}"
+    # 8/9 with colour, shape and background all right (the shipped weights: 8/9 in fp32 and fp16; over
+    # 36 seeds 31/36, the misses all shapes)
+    assert right >= 8, f"{right}/9 right; wrong: {wrong}"
 
 
 def test_shapes_export_is_small_and_native_64px(export_dir):
