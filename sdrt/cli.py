@@ -24,6 +24,14 @@ def _size_range(text: str) -> tuple[int, int]:
     return lo, hi
 
 
+def _margins(text: str) -> tuple[int, int, int, int]:
+    try:
+        left, top, right, bottom = (int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LEFT,TOP,RIGHT,BOTTOM in pixels (e.g. 0,0,64,0), got {text!r}") from None
+    return left, top, right, bottom
+
+
 def cmd_export(args: argparse.Namespace) -> None:
     from .export import export
 
@@ -69,6 +77,12 @@ def cmd_generate(args: argparse.Namespace) -> None:
                 num_images=args.batch,
                 callback=progress,
                 noise=args.noise,
+                image=args.init_image,
+                mask_image=args.mask,
+                strength=args.strength,
+                outpaint=args.outpaint,
+                inpaint_mode=args.inpaint_mode,
+                weighting=not args.no_weighting,
             )
         finally:
             if bar is not None:
@@ -91,7 +105,9 @@ def cmd_info(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .export.builtin import BUILTIN_MODELS
     from .manifest import DEFAULT_MAX_BATCH
+    from .runtime.pipeline import INPAINT_MODES
     from .runtime.schedulers import SCHEDULER_NAMES
 
     parser = argparse.ArgumentParser(prog="sdrt", description="Optimized Stable Diffusion inference runtime.")
@@ -99,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("export", help="export a pipeline to ONNX and validate it against PyTorch")
-    p.add_argument("model", help="built-in name (tiny, tiny-sd2, sd15-arch, sd21-arch), diffusers folder, or .safetensors")
+    p.add_argument("model", help=f"built-in name ({', '.join(BUILTIN_MODELS)}), diffusers folder, or .safetensors")
     p.add_argument("out", help="output folder")
     p.add_argument("--fp16", action="store_true", help="write fp16 graphs (weights and compute)")
     p.add_argument("--allow-pickle", action="store_true", help="allow pickle checkpoints (.ckpt/.bin): they can run code")
@@ -110,8 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("generate", help="generate images from an export folder")
     p.add_argument("folder", help="export folder (from sdrt export)")
-    p.add_argument("--prompt", required=True)
+    p.add_argument("--prompt", required=True, help="AUTOMATIC1111 syntax: (word:1.3), (word), [word], BREAK; any length")
     p.add_argument("--negative-prompt", default=None)
+    p.add_argument("--no-weighting", action="store_true", help="read brackets in prompts as plain text (as diffusers)")
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale")
     p.add_argument("--seed", type=int, default=None, help="random when omitted (printed)")
@@ -121,6 +138,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=1, help="images per prompt")
     p.add_argument("--noise", choices=("torch", "numpy"), default="torch",
                    help="torch: the noise diffusers draws for the seed (default); numpy: numpy's generator")
+    p.add_argument("--init-image", metavar="PATH", help="img2img: start from this image (size defaults to its own)")
+    p.add_argument("--strength", type=float, default=None,
+                   help="img2img/inpainting: how much of the schedule runs, 0..1 (default 0.8 img2img, 1 inpainting)")
+    p.add_argument("--mask", metavar="PATH", help="inpainting: white = repaint, black = keep (needs --init-image)")
+    p.add_argument("--outpaint", type=_margins, metavar="L,T,R,B",
+                   help="outpainting: grow --init-image by these pixels and paint the new area")
+    p.add_argument("--inpaint-mode", choices=INPAINT_MODES, default="auto",
+                   help="model: an inpainting U-Net; blend: latent blending with any model; auto: what the model has")
     p.add_argument("--backend", default="onnxruntime")
     p.add_argument("--out", default="sdrt.png", help="PNG path; a batch writes NAME-0.png, NAME-1.png, …")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")

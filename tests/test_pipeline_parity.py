@@ -6,40 +6,14 @@ import torch
 
 from sdrt.runtime import Pipeline
 
-# sampler -> (diffusers class, extra from_config arguments)
-DIFFUSERS_CLASS = {
-    "ddim": ("DDIMScheduler", {}),
-    "pndm": ("PNDMScheduler", {}),
-    "dpm++2m": ("DPMSolverMultistepScheduler", {}),
-    "dpm++2m-karras": ("DPMSolverMultistepScheduler", {"use_karras_sigmas": True}),
-    "euler": ("EulerDiscreteScheduler", {}),
-    "euler-a": ("EulerAncestralDiscreteScheduler", {}),
-    "heun": ("HeunDiscreteScheduler", {}),
-    "lms": ("LMSDiscreteScheduler", {}),
-    "unipc": ("UniPCMultistepScheduler", {}),
-    "ddpm": ("DDPMScheduler", {}),
-    "lcm": ("LCMScheduler", {}),
-}
-# DPM++ SDE is left out end to end: diffusers draws its noise from torchsde's Brownian tree, which no
-# seed reproduces without torch; its step math is checked against diffusers in test_samplers_extra.
+from parity_helpers import DIFFUSERS_CLASS, psnr, use_sampler
+
 PROMPT = "a red circle on a blue background"
-ORIGINAL_SCHEDULER_CONFIG: dict[int, object] = {}
 STEPS = 8
 
 
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
-
-
 def diffusers_run(pipe, sampler, latents=None, **kwargs):
-    import diffusers
-
-    cls, extra = DIFFUSERS_CLASS[sampler]
-    # Always from the model's own scheduler config: the reference pipeline is shared between tests,
-    # and a config converted for one sampler (say, with Karras sigmas) would leak into the next.
-    original = ORIGINAL_SCHEDULER_CONFIG.setdefault(id(pipe), pipe.scheduler.config)
-    pipe.scheduler = getattr(diffusers, cls).from_config(original, **extra)
+    use_sampler(pipe, sampler)
     if latents is not None:
         kwargs["latents"] = torch.from_numpy(latents)
     with torch.no_grad():

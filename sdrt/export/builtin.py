@@ -2,8 +2,8 @@
 
 Nothing is downloaded. ``shapes`` carries weights trained by ``scripts/train_shapes.py`` (stored
 as fp16 safetensors in ``sdrt/data/weights/shapes``): it draws what it is told. The others have
-random weights drawn from a seed: ``tiny`` and ``tiny-sd2`` are small enough for structural
-tests; ``sd15-arch`` and ``sd21-arch`` have full-size configs so benchmarks do real-sized work.
+random weights drawn from a seed: ``tiny``, ``tiny-sd2`` and ``tiny-inpaint`` are small enough
+for structural tests; ``sd15-arch`` and ``sd21-arch`` have full-size configs so benchmarks do real-sized work.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
     "shapes": BuiltinModel("shapes", (32, 128), trained=True),
     "tiny": BuiltinModel("tiny", (64, 512)),
     "tiny-sd2": BuiltinModel("tiny-sd2", (64, 512)),
+    "tiny-inpaint": BuiltinModel("tiny-inpaint", (64, 512)),  # a 9-channel inpainting U-Net
     "sd15-arch": BuiltinModel("sd15", (256, 1024)),
     "sd21-arch": BuiltinModel("sd21", (256, 1024)),
 }

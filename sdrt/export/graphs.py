@@ -78,7 +78,9 @@ class VaeEncoderGraph(torch.nn.Module):
         self.vae = vae
 
     def forward(self, image):
-        return self.vae.encode(image, return_dict=False)[0].mean
+        # mean and std of the posterior: img2img and inpainting sample it (mean + std·noise) as diffusers does
+        posterior = self.vae.encode(image, return_dict=False)[0]
+        return posterior.mean, posterior.std
 
 
 def component_graphs(pipe, family: Family) -> list[ComponentGraph]:
@@ -142,7 +144,10 @@ def component_graphs(pipe, family: Family) -> list[ComponentGraph]:
             "vae_encoder",
             VaeEncoderGraph(vae),
             (TensorSpec("image", f32, ("B", 3, "H", "W")),),
-            (TensorSpec("latent", f32, ("B", latent_channels, "h", "w")),),
+            (
+                TensorSpec("latent", f32, ("B", latent_channels, "h", "w")),
+                TensorSpec("latent_std", f32, ("B", latent_channels, "h", "w")),
+            ),
             image,
         ),
     ]

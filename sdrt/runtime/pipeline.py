@@ -1,7 +1,8 @@
-"""The text-to-image pipeline: numpy around a backend, shaped like diffusers' StableDiffusionPipeline.
+"""The pipeline: numpy around a backend, shaped like diffusers' StableDiffusion(Img2Img|Inpaint)Pipeline.
 
-Read ``Pipeline._txt2img`` top to bottom: encode prompts → noise → loop (U-Net with classifier-free
-guidance, scheduler step) → decode → images.
+One function per mode, each read top to bottom: ``_txt2img``, ``_img2img``, ``_inpaint``: encode prompts → initial
+latents → loop (U-Net with classifier-free guidance, scheduler step) → decode. Every random number comes from one
+generator in diffusers' order, so a seed gives diffusers' image in every mode.
 """
 
 from __future__ import annotations
@@ -11,22 +12,25 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Literal
 
 import numpy as np
 from PIL import Image
 
-from ..errors import SdrtError, UserInputError
+from ..errors import ManifestError, SdrtError, UserInputError
 from ..manifest import Manifest, load_manifest
 from . import images as imageio
 from .backends import Backend, create_backend
 from .noise import MAX_SEED, GeneratorKind, make_generator, random_seed
-from .schedulers import a1111_name, canonical_name, default_sampler, make_scheduler
+from .prompts import apply_weights, tokenize_prompt
+from .schedulers import Scheduler, a1111_name, canonical_name, default_sampler, make_scheduler
 from .tokenizer import ClipTokenizer
 
 log = logging.getLogger("sdrt")
 
 StepCallback = Callable[[int, int], None]  # (step index, total steps)
+InpaintMode = Literal["auto", "model", "blend"]
+INPAINT_MODES = ("auto", "model", "blend")
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,7 @@ class GenerationResult:
     seed: int
     parameters: list[str]  # one AUTOMATIC1111 infotext per image, as written into the PNGs
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+    mode: str = "txt2img"  # "txt2img" | "img2img" | "inpaint"
 
     def save(self, path: str | Path) -> list[Path]:
         """Write the images as PNGs with their parameters; ``a.png`` becomes ``a-0.png``, ``a-1.png``… for a batch."""
@@ -74,6 +79,12 @@ class Pipeline:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    @property
+    def is_inpainting_model(self) -> bool:
+        """Whether the U-Net is an inpainting one: latents + mask + masked-image latents in (9 channels for SD)."""
+        channels = self.manifest.components["unet"].input("sample").shape[1]
+        return channels == 2 * self.manifest.latent_channels + 1
+
     def __call__(
         self,
         prompt: str | list[str],
@@ -88,86 +99,269 @@ class Pipeline:
         latents: np.ndarray | None = None,
         callback: StepCallback | None = None,
         noise: GeneratorKind = "torch",
+        image: imageio.ImageInput | None = None,
+        mask_image: imageio.ImageInput | None = None,
+        strength: float | None = None,
+        outpaint: tuple[int, int, int, int] | None = None,
+        inpaint_mode: InpaintMode = "auto",
+        weighting: bool = True,
     ) -> GenerationResult:
-        """Generate images. ``noise="torch"`` draws the same numbers as diffusers' CPU
-        ``torch.Generator().manual_seed(seed)`` (initial latents, then the stochastic samplers' step
-        noise, from one generator), so a seed gives diffusers' image; ``"numpy"`` uses numpy's PCG64."""
+        """Generate images: text to image; with ``image``, image to image (``strength`` 0..1 of the schedule is run,
+        default 0.8); with ``image`` and ``mask_image`` (white = repaint), inpainting (default strength 1); with
+        ``image`` and ``outpaint=(left, top, right, bottom)`` pixels, outpainting. ``inpaint_mode``: "model" needs an
+        inpainting U-Net, "blend" blends latents under the mask with any ordinary model, "auto" picks what the model
+        has. ``height``/``width`` default to the model's size, or the image's (rounded down to a multiple of 8).
+
+        Prompts take AUTOMATIC1111's weights ``(word:1.3)``, ``(word)``, ``[word]`` and may be longer than 75 tokens
+        (``weighting=False`` reads brackets as text, as diffusers does). ``noise="torch"`` draws the same numbers as
+        diffusers' CPU ``torch.Generator().manual_seed(seed)``, in diffusers' order, so a seed gives diffusers'
+        image; ``"numpy"`` uses numpy's PCG64. ``latents`` replaces the initial noise of text to image."""
         m = self.manifest
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        height = m.default_size if height is None else height
-        width = m.default_size if width is None else width
         sampler = canonical_name(scheduler or self.default_sampler)
         negatives = self._negatives(negative_prompt, len(prompts))
+
+        mode, picture, mask_picture = self._read_images(image, mask_image, outpaint)
+        if mode == "txt2img" and strength is not None:
+            raise UserInputError("strength applies to an input image (img2img, inpainting); give one with image=... / --init-image")
+        if mode != "txt2img" and latents is not None:
+            raise UserInputError("latents= replaces the noise of text to image only; img2img and inpainting draw theirs from the seed")
+        strength = _check_strength({"txt2img": 1.0, "img2img": 0.8, "inpaint": 1.0}[mode] if strength is None else strength)
+        use_model = self._inpaint_with_model(inpaint_mode) if mode == "inpaint" else self.is_inpainting_model
+        auto_w, auto_h = (m.default_size,) * 2 if picture is None else imageio.default_size(picture, m.vae_scale_factor)
+        width, height = auto_w if width is None else width, auto_h if height is None else height
         self._check(prompts, num_inference_steps, guidance_scale, height, width, num_images, seed)
+
+        # the input image and mask as arrays at the output size
+        init = None if picture is None else imageio.image_to_array(picture, width, height)
+        mask = None if mask_picture is None else imageio.mask_to_array(mask_picture, width, height)
+        if use_model and mode != "inpaint":
+            # an inpainting U-Net always wants a mask: repaint everything, over a gray image for text to image
+            # (what AUTOMATIC1111 does with inpainting checkpoints)
+            init = np.zeros((1, 3, height, width), np.float32) if init is None else init
+            mask = np.ones((1, 1, height, width), np.float32)
+
         seed = random_seed() if seed is None else int(seed)
         if noise not in ("torch", "numpy"):
             raise UserInputError(f"noise must be 'torch' or 'numpy', got {noise!r}")
         generator = make_generator(seed, noise)
-        batch = len(prompts) * num_images
-        shape = (batch, m.latent_channels, height // m.vae_scale_factor, width // m.vae_scale_factor)
-        if latents is not None:
-            latents = np.asarray(latents, dtype=np.float32)
-            if latents.shape != shape:
-                raise UserInputError(f"latents must have shape {shape} for this request, got {latents.shape}")
+        job = _Job(prompts, negatives, num_images, num_inference_steps, guidance_scale, sampler, height, width,
+                   generator, callback, weighting)
+        if mask is not None:
+            final, timings = self._inpaint(job, init, mask, strength, use_model)
+        elif init is not None:
+            final, timings = self._img2img(job, init, strength)
         else:
-            latents = generator.randn(shape)
+            final, timings = self._txt2img(job, latents)
+        images = self._decode(final, timings)
 
-        images, final, timings = self._txt2img(
-            prompts, negatives, num_images, num_inference_steps, guidance_scale, sampler, latents, generator, callback
-        )
+        extra = _infotext_extras(mode, strength, use_model, outpaint, image, weighting, noise)
         parameters = [
             imageio.infotext(
                 p, n, steps=num_inference_steps, sampler=a1111_name(sampler), cfg_scale=guidance_scale, seed=seed,
-                width=width, height=height, model_hash=m.model_hash, model=m.source.get("model"),
-                # "RNG: CPU" is AUTOMATIC1111's name for torch's CPU generator, which "torch" noise reproduces
-                extra={"RNG": "CPU" if noise == "torch" else "NumPy", "Version": f"sdrt {_version()}"},
+                width=width, height=height, model_hash=m.model_hash, model=m.source.get("model"), extra=extra,
             )
             for p, n in zip(prompts, negatives)
             for _ in range(num_images)
         ]
-        return GenerationResult(images, final, seed, parameters, timings)
+        return GenerationResult(images, final, seed, parameters, timings, mode)
 
-    def _txt2img(self, prompts, negatives, num_images, steps, guidance_scale, sampler, latents, generator, callback):
+    def _read_images(self, image, mask_image, outpaint) -> tuple[str, Image.Image | None, Image.Image | None]:
+        """The mode, and the input image and mask as PIL images (an outpainting canvas and its mask)."""
+        if outpaint is not None:
+            if image is None:
+                raise UserInputError("outpainting extends an image: give one (image=..., --init-image)")
+            if mask_image is not None:
+                raise UserInputError("give a mask or outpaint margins, not both")
+            picture = imageio.load_image(image)
+            canvas, mask = imageio.outpaint_canvas(picture, *_margins(outpaint), self.manifest.vae_scale_factor)
+            return "inpaint", canvas, mask
+        if mask_image is not None and image is None:
+            raise UserInputError("a mask needs the image it applies to (image=..., --init-image)")
+        if image is None:
+            return "txt2img", None, None
+        picture = imageio.load_image(image)
+        if mask_image is None:
+            return "img2img", picture, None
+        mask = imageio.load_image(mask_image, "mask", mode="L")
+        if mask.size != picture.size:
+            raise UserInputError(
+                f"the mask is {mask.width}x{mask.height} but the image is {picture.width}x{picture.height}; "
+                "give a mask of the image's size (white = repaint)"
+            )
+        return "inpaint", picture, mask
+
+    # -- the modes ---------------------------------------------------------------------------------------
+
+    def _txt2img(self, job: _Job, latents: np.ndarray | None):
         m, timings = self.manifest, {}
-        do_cfg = guidance_scale > 1.0  # as diffusers: guidance 1 (or less) is one plain U-Net pass
+        # 1. encode the prompts
+        embeddings = self._encode_prompts(job, timings)
 
-        # 1. encode the prompts (negatives first: the U-Net batch is [uncond..., cond...])
-        t0 = time.perf_counter()
-        texts = (negatives + prompts) if do_cfg else prompts
-        embeddings = self.backend.run("text_encoder", {"input_ids": self.tokenizer(texts)})["last_hidden_state"]
-        embeddings = np.repeat(embeddings, num_images, axis=0)  # each prompt's images side by side, as diffusers
-        timings["text_encoder"] = time.perf_counter() - t0
-
-        # 2. prepare the sampler and the initial noise
-        scheduler = make_scheduler(sampler, m.scheduler_config)
-        scheduler.set_noise_source(generator.randn)  # stochastic samplers continue the seed's stream
-        scheduler.set_timesteps(steps)
+        # 2. the sampler and the initial noise
+        scheduler = self._scheduler(job)
+        shape = (job.batch, m.latent_channels, job.height // m.vae_scale_factor, job.width // m.vae_scale_factor)
+        if latents is None:
+            latents = job.generator.randn(shape)
+        else:
+            latents = np.asarray(latents, dtype=np.float32)
+            if latents.shape != shape:
+                raise UserInputError(f"latents must have shape {shape} for this request, got {latents.shape}")
         latents = latents * np.float32(scheduler.init_noise_sigma)
 
-        # 3. denoising loop
+        # 3. the denoising loop
+        return self._denoise(job, latents, embeddings, scheduler, scheduler.timesteps, timings), timings
+
+    def _img2img(self, job: _Job, init: np.ndarray, strength: float):
+        timings: dict[str, float] = {}
+        # 1. encode the prompts
+        embeddings = self._encode_prompts(job, timings)
+
+        # 2. the sampler, its schedule cut to the last ``strength`` part (diffusers' get_timesteps)
+        scheduler = self._scheduler(job)
+        timesteps = _strength_timesteps(scheduler, job.steps, strength)
+
+        # 3. the image's latents (a sample of the VAE posterior, as diffusers), noised to the first timestep left
+        image_latents = np.repeat(self._encode_image(init, job.generator, timings), job.batch, axis=0)
+        noise = job.generator.randn(image_latents.shape)
+        latents = scheduler.add_noise(image_latents, noise, np.repeat(timesteps[:1], job.batch))
+
+        # 4. the denoising loop over the rest of the schedule
+        return self._denoise(job, latents, embeddings, scheduler, timesteps, timings), timings
+
+    def _inpaint(self, job: _Job, init: np.ndarray, mask: np.ndarray, strength: float, use_model: bool):
+        m, timings = self.manifest, {}
+        # 1. encode the prompts
+        embeddings = self._encode_prompts(job, timings)
+
+        # 2. the sampler, its schedule cut to the last ``strength`` part
+        scheduler = self._scheduler(job)
+        timesteps = _strength_timesteps(scheduler, job.steps, strength)
+
+        # 3. initial latents: pure noise at full strength, else the image's latents noised to the first timestep.
+        #    Latent blending needs the image's latents in any case (diffusers encodes it before drawing the noise).
+        image_latents = None
+        if not use_model or strength < 1.0:
+            image_latents = np.repeat(self._encode_image(init, job.generator, timings), job.batch, axis=0)
+        shape = (job.batch, m.latent_channels, job.height // m.vae_scale_factor, job.width // m.vae_scale_factor)
+        noise = job.generator.randn(shape)
+        if strength == 1.0:
+            latents = noise * np.float32(scheduler.init_noise_sigma)
+        else:
+            latents = scheduler.add_noise(image_latents, noise, np.repeat(timesteps[:1], job.batch))
+
+        # 4. the mask at latent resolution (the nearest pixel, as torch's interpolate)
+        f = m.vae_scale_factor
+        mask_latent = np.repeat(mask[:, :, ::f, ::f], job.batch, axis=0)
+
+        # 5a. an inpainting U-Net sees the mask and the latents of the kept part beside the noisy latents
+        if use_model:
+            masked_latents = self._encode_image(init * (mask < 0.5), job.generator, timings)
+            conditioning = np.concatenate([mask_latent, np.repeat(masked_latents, job.batch, axis=0)], axis=1)
+            if job.do_cfg:
+                conditioning = np.concatenate([conditioning] * 2)
+            return self._denoise(job, latents, embeddings, scheduler, timesteps, timings, conditioning), timings
+
+        # 5b. an ordinary U-Net: after each step, the kept part is put back as the image's latents noised to the
+        #     next timestep (diffusers encodes the masked image here too, unused: draw its numbers to stay in step)
+        job.generator.randn((1, *shape[1:]))
+
+        def blend(i: int, latents: np.ndarray) -> np.ndarray:
+            kept = image_latents
+            if i < len(timesteps) - 1:
+                kept = scheduler.add_noise(image_latents, noise, timesteps[i + 1 : i + 2])
+            return (1 - mask_latent) * kept + mask_latent * latents
+
+        return self._denoise(job, latents, embeddings, scheduler, timesteps, timings, after_step=blend), timings
+
+    # -- the stages the modes share ----------------------------------------------------------------------
+
+    def _encode_prompts(self, job: _Job, timings: dict) -> np.ndarray:
+        """Hidden states ``[U-Net batch, 77·chunks, D]``: negatives first ([uncond..., cond...]), each prompt's
+        images side by side, as diffusers; prompts of fewer chunks padded with the empty prompt's, as AUTOMATIC1111."""
         t0 = time.perf_counter()
-        for i, t in enumerate(scheduler.timesteps):
-            model_input = np.concatenate([latents] * 2) if do_cfg else latents
+        texts = (job.negatives + job.prompts) if job.do_cfg else job.prompts
+        chunks = [tokenize_prompt(self.tokenizer, text, job.weighting) for text in texts]
+        n = max(len(c) for c in chunks)
+        if n > 1:
+            empty = tokenize_prompt(self.tokenizer, "", job.weighting)
+            chunks = [c.padded(n, empty) for c in chunks]
+        ids = np.concatenate([c.ids for c in chunks])
+        hidden = self.backend.run("text_encoder", {"input_ids": ids})["last_hidden_state"].astype(np.float32)
+        hidden = hidden.reshape(len(texts), n, *hidden.shape[1:])
+        hidden = np.stack([apply_weights(h, c.weights) for h, c in zip(hidden, chunks)])
+        hidden = hidden.reshape(len(texts), n * hidden.shape[2], hidden.shape[3])
+        timings["text_encoder"] = time.perf_counter() - t0
+        return np.repeat(hidden, job.num_images, axis=0)
+
+    def _scheduler(self, job: _Job) -> Scheduler:
+        scheduler = make_scheduler(job.sampler, self.manifest.scheduler_config)
+        scheduler.set_noise_source(job.generator.randn)  # stochastic samplers continue the seed's stream
+        scheduler.set_timesteps(job.steps)
+        return scheduler
+
+    def _encode_image(self, image: np.ndarray, generator, timings: dict) -> np.ndarray:
+        """Scaled latents of ``image``: a sample of the VAE posterior (mean + std·noise), as diffusers' pipelines."""
+        t0 = time.perf_counter()
+        out = self.backend.run("vae_encoder", {"image": image})
+        if "latent_std" not in out:
+            raise ManifestError(
+                f"the VAE encoder of {self.folder} has no latent_std output (an older sdrt exported it); "
+                f"export the model again to use images"
+            )
+        mean, std = out["latent"].astype(np.float32), out["latent_std"].astype(np.float32)
+        latents = (mean + std * generator.randn(mean.shape)) * np.float32(self.manifest.vae_scaling_factor)
+        timings["vae_encoder"] = timings.get("vae_encoder", 0.0) + time.perf_counter() - t0
+        return latents
+
+    def _denoise(self, job: _Job, latents, embeddings, scheduler: Scheduler, timesteps, timings: dict,
+                 conditioning: np.ndarray | None = None, after_step: Callable | None = None) -> np.ndarray:
+        t0 = time.perf_counter()
+        for i, t in enumerate(timesteps):
+            model_input = np.concatenate([latents] * 2) if job.do_cfg else latents
             model_input = scheduler.scale_model_input(model_input, t)
+            if conditioning is not None:
+                model_input = np.concatenate([model_input, conditioning], axis=1)
             timestep = np.full(len(model_input), t, dtype=np.float32)
             noise_pred = self.backend.run(
                 "unet", {"sample": model_input, "timestep": timestep, "encoder_hidden_states": embeddings}
             )["noise_pred"]
-            if do_cfg:
+            if job.do_cfg:
                 uncond, cond = np.split(noise_pred.astype(np.float32), 2)
-                noise_pred = uncond + np.float32(guidance_scale) * (cond - uncond)
+                noise_pred = uncond + np.float32(job.guidance_scale) * (cond - uncond)
             latents = scheduler.step(noise_pred, t, latents)
-            if callback:
-                callback(i, len(scheduler.timesteps))
+            if after_step is not None:
+                latents = after_step(i, latents)
+            if job.callback:
+                job.callback(i, len(timesteps))
         timings["denoise"] = time.perf_counter() - t0
         _check_finite(latents, "the denoising loop")
+        return latents
 
-        # 4. decode
+    def _decode(self, latents: np.ndarray, timings: dict) -> list[Image.Image]:
         t0 = time.perf_counter()
-        decoded = self.backend.run("vae_decoder", {"latent": latents / np.float32(m.vae_scaling_factor)})["image"]
+        decoded = self.backend.run("vae_decoder", {"latent": latents / np.float32(self.manifest.vae_scaling_factor)})["image"]
         timings["vae_decoder"] = time.perf_counter() - t0
         _check_finite(decoded, "the VAE decoder")
-        return imageio.to_pil(decoded.astype(np.float32)), latents, timings
+        return imageio.to_pil(decoded.astype(np.float32))
+
+    # -- checks ------------------------------------------------------------------------------------------
+
+    def _inpaint_with_model(self, inpaint_mode: str) -> bool:
+        if inpaint_mode not in INPAINT_MODES:
+            raise UserInputError(f"inpaint mode must be one of {', '.join(INPAINT_MODES)}, got {inpaint_mode!r}")
+        if inpaint_mode == "model" and not self.is_inpainting_model:
+            channels = self.manifest.components["unet"].input("sample").shape[1]
+            raise UserInputError(
+                f"this model's U-Net takes {channels} channels, not the {2 * self.manifest.latent_channels + 1} of an "
+                "inpainting model; export an inpainting checkpoint, or use inpaint mode 'blend' (or 'auto')"
+            )
+        if inpaint_mode == "blend" and self.is_inpainting_model:
+            raise UserInputError(
+                "this is an inpainting model: its U-Net needs the mask as input, so latent blending does not apply; "
+                "use inpaint mode 'model' (or 'auto')"
+            )
+        return self.is_inpainting_model
 
     def _negatives(self, negative_prompt, n: int) -> list[str]:
         if negative_prompt is None:
@@ -204,6 +398,76 @@ class Pipeline:
             )
         if seed is not None and not (isinstance(seed, (int, np.integer)) and 0 <= seed <= MAX_SEED):
             raise UserInputError(f"the seed must be a whole number from 0 to {MAX_SEED}, got {seed!r}")
+
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One checked request, as the mode functions need it."""
+
+    prompts: list[str]
+    negatives: list[str]
+    num_images: int
+    steps: int
+    guidance_scale: float
+    sampler: str
+    height: int
+    width: int
+    generator: object  # noise.TorchCompatibleGenerator | noise.NumpyGenerator
+    callback: StepCallback | None
+    weighting: bool
+
+    @property
+    def batch(self) -> int:
+        return len(self.prompts) * self.num_images
+
+    @property
+    def do_cfg(self) -> bool:
+        return self.guidance_scale > 1.0  # as diffusers: guidance 1 (or less) is one plain U-Net pass
+
+
+def _margins(outpaint) -> tuple[int, int, int, int]:
+    try:
+        left, top, right, bottom = outpaint
+    except (TypeError, ValueError):
+        raise UserInputError(f"outpaint takes four pixel margins (left, top, right, bottom), got {outpaint!r}") from None
+    return left, top, right, bottom
+
+
+def _check_strength(strength) -> float:
+    if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0.0 <= strength <= 1.0:
+        raise UserInputError(f"strength must be a number from 0 to 1 (the part of the schedule that is run), got {strength!r}")
+    return float(strength)
+
+
+def _infotext_extras(mode, strength, use_model, outpaint, image, weighting, noise) -> dict[str, object]:
+    """What the infotext needs beyond the txt2img fields to reproduce an image."""
+    extra: dict[str, object] = {}
+    if mode != "txt2img":
+        extra["Denoising strength"] = f"{strength:g}"
+    if mode == "inpaint":
+        extra["Inpainting"] = "model" if use_model else "latent blend"
+    if outpaint is not None:
+        extra["Outpaint"] = ",".join(str(v) for v in outpaint)
+    if image is not None:
+        extra["Init image hash"] = imageio.image_hash(imageio.load_image(image))
+    if not weighting:
+        extra["Emphasis"] = "None"
+    # "RNG: CPU" is AUTOMATIC1111's name for torch's CPU generator, which "torch" noise reproduces
+    extra.update({"RNG": "CPU" if noise == "torch" else "NumPy", "Version": f"sdrt {_version()}"})
+    return extra
+
+
+def _strength_timesteps(scheduler: Scheduler, steps: int, strength: float) -> np.ndarray:
+    """The last ``strength`` part of the schedule, and the sampler told where it starts (diffusers' get_timesteps)."""
+    init_timestep = min(int(steps * strength), steps)
+    t_start = max(steps - init_timestep, 0)
+    if init_timestep < 1:
+        raise UserInputError(
+            f"strength {strength:g} of {steps} steps leaves no step to run; raise the strength or the number of steps"
+        )
+    scheduler.set_begin_index(t_start * scheduler.order)
+    return scheduler.timesteps[t_start * scheduler.order :]
 
 
 def _check_finite(array: np.ndarray, where: str) -> None:
