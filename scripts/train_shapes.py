@@ -376,13 +376,17 @@ def check_reconstructions(vae, images: np.ndarray, triples: list, n: int = 210) 
 
 
 def adherence_check(pipe, args, out: Path) -> dict:
+    """The nine check prompts as tests/test_shapes_model.py draws them through sdrt (DPM++ 2M, seeds 1..9): sdrt
+    reproduces diffusers from a seed, so this predicts the test's result."""
+    import diffusers
     import torch
 
     pipe.set_progress_bar_config(disable=True)
+    pipe.scheduler = diffusers.DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
     images = []
     t0 = time.perf_counter()
     for i, triple in enumerate(shapes.CHECKS):
-        generator = torch.Generator().manual_seed(i)
+        generator = torch.Generator().manual_seed(1 + i)
         image = pipe(shapes.caption(*triple), num_inference_steps=args.check_steps, guidance_scale=args.check_guidance,
                      height=64, width=64, generator=generator, output_type="np").images[0]
         images.append((image * 255).round().clip(0, 255).astype(np.uint8))
@@ -396,7 +400,7 @@ def adherence_check(pipe, args, out: Path) -> dict:
                        "read: right" if d["right"] else f"read: {got}"])
     shapes.contact_sheet(images, labels, columns=3, scale=3).save(out / "adherence.png")
     return {"right": n_right, "total": len(images), "seconds": round(seconds, 1), "details": details,
-            "steps": args.check_steps, "guidance": args.check_guidance, "seeds": list(range(len(images))),
+            "steps": args.check_steps, "guidance": args.check_guidance, "seeds": list(range(1, len(images) + 1)),
             "scheduler": type(pipe.scheduler).__name__}
 
 
@@ -404,7 +408,7 @@ def write_model_card(path: Path, r: dict):
     a, m, d = r["args"], r["machine"], r["data"]
     held = "; ".join(shapes.caption(*t) for t in shapes.HELD_OUT)
     rows = "\n".join(
-        f"| {i} | {shapes.caption(*x['expected'])}{' (held out)' if tuple(x['expected']) in shapes.HELD_OUT else ''} | "
+        f"| {r['check']['seeds'][i]} | {shapes.caption(*x['expected'])}{' (held out)' if tuple(x['expected']) in shapes.HELD_OUT else ''} | "
         f"{' '.join(p or '?' for p in x['read'])} | {'yes' if x['right'] else 'no'} |"
         for i, x in enumerate(r["check"]["details"])
     )
@@ -431,7 +435,7 @@ with cross-attention, CLIPTextModel with the real CLIP vocabulary) trained from 
 | VAE | AutoencoderKL | {r['params']['vae']:,} | blocks {list(VAE_CONFIG['block_out_channels'])}, {VAE_CONFIG['layers_per_block']} layer per block, 4 latent channels, 64x64 -> 16x16 (factor 4), scaling_factor {r['scaling_factor']:.5f} |
 | U-Net | UNet2DConditionModel | {r['params']['unet']:,} | blocks {list(a['unet_config']['block_out_channels'])}, {', '.join(UNET_CONFIG['down_block_types'])}, {UNET_CONFIG['attention_head_dim']} heads, cross-attention dim {UNET_CONFIG['cross_attention_dim']} |
 | text encoder | CLIPTextModel | {r['params']['text_encoder']:,} | vocabulary {TEXT_CONFIG['vocab_size']}, hidden {TEXT_CONFIG['hidden_size']}, {TEXT_CONFIG['num_hidden_layers']} layers, {TEXT_CONFIG['num_attention_heads']} heads, 77 positions |
-| scheduler | {chk['scheduler']} | | SD 1.x: scaled_linear 0.00085..0.012, 1000 steps, epsilon |
+| scheduler | {r['scheduler']} | | SD 1.x: scaled_linear 0.00085..0.012, 1000 steps, epsilon |
 
 ## Training
 | stage | time cap | time | steps | batch | final loss (mean of last 100 steps) |
@@ -454,7 +458,7 @@ Total time {r['total_seconds']} s.
 
 ## Adherence check
 The nine prompts of `sdrt.shapes.CHECKS` with diffusers, {chk['steps']} steps of {chk['scheduler']}, guidance
-{chk['guidance']}, 64x64, seeds 0..8 (`torch.Generator().manual_seed(i)`), read back by `sdrt.shapes.read`:
+{chk['guidance']}, 64x64, seeds 1..9 (`torch.Generator().manual_seed(seed)`), read back by `sdrt.shapes.read`:
 **{chk['right']}/{chk['total']} right** (all of colour, shape and background). Contact sheet: `adherence.png`.
 
 | seed | prompt | read | right |
@@ -536,6 +540,7 @@ def main(argv=None) -> int:
     )
     model_dir = out / "model"
     pipe.save_pretrained(model_dir, safe_serialization=True)
+    report["scheduler"] = type(scheduler).__name__
     report["params"] = {"vae": n_params(vae), "unet": n_params(unet), "text_encoder": n_params(text_encoder)}
     log(f"saved {model_dir}; parameters {report['params']}", echo=True)
 
