@@ -33,6 +33,8 @@ setup(
             "onnx>=1.16",
             "safetensors>=0.4",
         ],
+        # sdrt bench: the torch reference needs "export" too
+        "bench": ["matplotlib>=3.7", "scikit-image>=0.21"],
         "test": ["pytest>=7", "scipy>=1.10"],  # scipy: diffusers' LMS reference in the parity tests
     },
     entry_points={"console_scripts": ["sdrt=sdrt.cli:main"]},

@@ -1,4 +1,4 @@
-"""``sdrt export|generate|info``: parses arguments, calls the Python API, prints results.
+"""``sdrt export|generate|bench|info``: parses arguments, calls the Python API, prints results.
 
 Errors sdrt raises on purpose are printed as one message (no traceback) with a non-zero exit.
 """
@@ -93,6 +93,27 @@ def cmd_generate(args: argparse.Namespace) -> None:
     print(f"seed {result.seed}; {stages}")
 
 
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected whole numbers separated by commas (e.g. 256,512), got {text!r}") from None
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    from .benchmarks.bench import BenchOptions, run_bench
+    from .benchmarks.report import write_report
+
+    opts = BenchOptions(
+        models=tuple(args.model), backends=tuple(args.backends.split(",")), sizes=args.sizes, batches=args.batches,
+        steps=args.steps, sampler=args.sampler, guidance=args.guidance, precision=args.precision, warmup=args.warmup,
+        repeats=args.repeats, work_dir=Path(args.work_dir), probes=not args.no_probes, quality=args.quality,
+    )
+    report, images = run_bench(opts, log=lambda msg: print(msg, flush=True))
+    path = write_report(report, images, Path(args.out))
+    print(f"wrote {path} (and report.json, plots) in {args.out}")
+
+
 def cmd_info(args: argparse.Namespace) -> None:
     from .manifest import load_manifest
 
@@ -151,6 +172,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_generate)
 
+    p = sub.add_parser("bench", help="latency, memory and parity of the backends against diffusers (torch)")
+    p.add_argument("--model", nargs="+", default=["tiny"], help="built-in names or export folders (default: tiny)")
+    p.add_argument("--backends", default="torch,onnxruntime", help="comma-separated; torch is the reference")
+    p.add_argument("--sizes", type=_ints, default=(256,), help="square image sides, comma-separated (default 256)")
+    p.add_argument("--batches", type=_ints, default=(1,), help="images per call, comma-separated (default 1)")
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--sampler", default="dpm++2m")
+    p.add_argument("--guidance", type=float, default=7.5)
+    p.add_argument("--precision", choices=("fp32", "fp16"), default="fp32", help="of the exported graphs")
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--no-probes", action="store_true", help="skip time to first image and peak memory (fresh processes)")
+    p.add_argument("--quality", action="store_true",
+                   help="add adherence and fp16-vs-fp32 image similarity on the trained shapes model")
+    p.add_argument("--work-dir", default="build/bench", help="where exports made for the benchmark go")
+    p.add_argument("--out", default="build/bench/report", help="report folder")
+    p.set_defaults(func=cmd_bench)
+
     p = sub.add_parser("info", help="describe an export folder")
     p.add_argument("folder")
     p.set_defaults(func=cmd_info)
@@ -159,7 +198,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="sdrt: %(message)s")
+    if not log.handlers:  # sdrt's own messages only: libraries keep their defaults
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("sdrt: %(message)s"))
+        log.addHandler(handler)
+    log.setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    log.propagate = False
     try:
         args.func(args)
     except SdrtError as e:

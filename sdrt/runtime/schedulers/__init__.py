@@ -120,6 +120,7 @@ __all__ = [
     "a1111_name",
     "canonical_name",
     "default_sampler",
+    "diffusers_equivalent",
     "make_scheduler",
 ]
 
@@ -154,6 +155,15 @@ def default_sampler(scheduler_config: dict | None, fallback: str = "ddim") -> st
     config = scheduler_config or {}
     canonical = DIFFUSERS_CLASSES.get(config.get("_class_name", ""), fallback)
     return _KARRAS.get(canonical, canonical) if config.get("use_karras_sigmas") else canonical
+
+
+def diffusers_equivalent(name: str) -> tuple[str, dict]:
+    """The diffusers scheduler class that ``name`` ports, and the from_config arguments that select it
+    (``"dpm++2m-karras"`` → ``("DPMSolverMultistepScheduler", {"use_karras_sigmas": True})``)."""
+    canonical = canonical_name(name)
+    base = {karras: plain for plain, karras in _KARRAS.items()}.get(canonical, canonical)
+    cls = next(c for c, s in DIFFUSERS_CLASSES.items() if s == base)
+    return cls, ({"use_karras_sigmas": True} if base != canonical else {})
 
 
 def make_scheduler(name: str, config: dict | None = None, **options) -> Scheduler:

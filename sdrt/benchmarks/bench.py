@@ -1,0 +1,206 @@
+"""The benchmark run: export (or reuse) each model, run every backend on the same requests interleaved, and gather
+latency, throughput, memory, FLOP rates and parity against the ``torch`` reference into one report dict."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from ..errors import SdrtError, UserInputError
+from ..manifest import MANIFEST_NAME, load_manifest
+from ..runtime.backends import BACKENDS
+from ..runtime.noise import make_generator
+from . import metrics
+from .flops import count_flops
+from .machine import machine_info
+from .peak import measure_peak
+from .runners import Output, Request, SdrtRunner, TorchRunner
+from .stats import interleaved
+
+REFERENCE = "torch"
+# Parity each precision is held to against the fp32 torch reference (final latents; images).
+TOLERANCES = {
+    "fp32": {"latents_rel_error": 1e-3, "psnr_db": 40.0},
+    "fp16": {"latents_rel_error": 5e-2, "psnr_db": 30.0},
+}
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    models: tuple[str, ...] = ("tiny",)
+    backends: tuple[str, ...] = (REFERENCE, "onnxruntime")
+    sizes: tuple[int, ...] = (256,)  # square image sides
+    batches: tuple[int, ...] = (1,)
+    steps: int = 10
+    sampler: str = "dpm++2m"
+    guidance: float = 7.5
+    precision: str = "fp32"  # of the exported graphs; torch always runs fp32 on the CPU
+    warmup: int = 1
+    repeats: int = 3
+    seed: int = 0
+    prompt: str = "a red circle on a blue background"
+    negative_prompt: str = "blurry"
+    work_dir: Path = Path("build/bench")  # exports made for the benchmark
+    probes: bool = True  # time to first image and peak memory, each backend in a fresh process
+    quality: bool = False  # adherence and fp16-vs-fp32 similarity on the trained `shapes` model
+    peak_sizes: tuple[int, ...] = (1024, 2048, 4096)  # square GEMMs tried for the machine's peak
+    size_ranges: dict = field(default_factory=dict)  # model -> (min, max) export range, when not the default
+
+    def check(self) -> None:
+        unknown = [b for b in self.backends if b != REFERENCE and b not in BACKENDS]
+        if unknown:
+            raise UserInputError(f"unknown backend(s) {', '.join(unknown)}; available: {REFERENCE}, {', '.join(BACKENDS)}")
+        if self.precision not in TOLERANCES:
+            raise UserInputError(f"precision must be one of {', '.join(TOLERANCES)}, got {self.precision!r}")
+        if self.warmup < 0 or self.repeats < 1 or self.steps < 1:
+            raise UserInputError("warm-up must be >= 0, repeats and steps >= 1")
+
+
+def prepare_export(model: str, opts: BenchOptions, log: Callable, precision: str | None = None) -> tuple[Path, dict]:
+    """An export folder for ``model`` (an export folder is used as it is), its size and, when made here, the time
+    the export took. The export runs in a child process: it needs many GB (13 for SD 1.5) that the benchmark
+    process should not keep."""
+    precision = precision or opts.precision
+    path = Path(model)
+    seconds = None
+    if (path / MANIFEST_NAME).is_file():
+        folder = path
+    else:
+        folder = opts.work_dir / f"{model.replace('/', '_')}-{precision}"
+        if not (folder / MANIFEST_NAME).is_file():
+            log(f"exporting {model} ({precision}) to {folder}")
+            cmd = [sys.executable, "-m", "sdrt.cli", "export", model, str(folder)]
+            cmd += ["--fp16"] if precision == "fp16" else []
+            if model in opts.size_ranges:
+                cmd += ["--size-range", ",".join(map(str, opts.size_ranges[model]))]
+            t0 = time.perf_counter()
+            run = subprocess.run(cmd, capture_output=True, text=True)
+            seconds = time.perf_counter() - t0
+            if run.returncode != 0:
+                raise SdrtError(f"exporting {model} for the benchmark failed: {run.stderr.strip()[-2000:]}")
+    size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    return folder, {"folder": str(folder), "export_seconds": seconds, "size_bytes": size, "reused": seconds is None}
+
+
+def _probe(folder: Path, backend: str, height: int, width: int, batch: int, opts: BenchOptions) -> dict:
+    cmd = [sys.executable, "-m", "sdrt.benchmarks.probe", str(folder), backend, str(height), str(width), str(batch),
+           str(opts.steps), opts.sampler]
+    run = subprocess.run(cmd, capture_output=True, text=True)
+    if run.returncode != 0:
+        return {"error": run.stderr.strip().splitlines()[-1] if run.stderr.strip() else f"exit {run.returncode}"}
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+def _parity(out: Output, ref: Output, precision: str) -> dict:
+    tol = TOLERANCES[precision]
+    rel = metrics.relative_error(out.latents, ref.latents)
+    psnrs = [metrics.psnr(a, b) for a, b in zip(out.images, ref.images)]
+    result = {
+        "latents_rel_error": rel,
+        "psnr_db": min(psnrs),
+        "ssim": min(metrics.ssim(a, b) for a, b in zip(out.images, ref.images)),
+        "max_abs_pixel_diff": max(metrics.max_abs_pixel_diff(a, b) for a, b in zip(out.images, ref.images)),
+        "tolerance": tol,
+    }
+    result["passed"] = bool(rel <= tol["latents_rel_error"] and result["psnr_db"] >= tol["psnr_db"])
+    return result
+
+
+def bench_config(runners: dict, folder: Path, manifest, height: int, width: int, batch: int, opts: BenchOptions,
+                 peak: float, log: Callable) -> tuple[dict, dict[str, Output]]:
+    f = manifest.vae_scale_factor
+    latents = make_generator(opts.seed, "torch").randn((batch, manifest.latent_channels, height // f, width // f))
+    request = Request(opts.prompt, opts.negative_prompt, height, width, batch, opts.steps, opts.guidance, opts.sampler,
+                      opts.seed, latents)
+    outputs: dict[str, Output] = {}
+
+    def run_of(name):
+        def run():
+            out = runners[name](request)
+            outputs[name] = out
+            return out.timings
+        return run
+
+    unet = manifest.components["unet"]
+    cfg = 2 if opts.guidance > 1 else 1
+    text_dim = unet.input("encoder_hidden_states").shape[2]
+    flops = count_flops(folder / unet.file, {
+        "sample": (cfg * batch, unet.input("sample").shape[1], height // f, width // f),
+        "timestep": (cfg * batch,),
+        "encoder_hidden_states": (cfg * batch, 77, text_dim),
+    })
+    log(f"  {height}x{width} batch {batch}: {opts.warmup} warm-up + {opts.repeats} interleaved runs of "
+        f"{', '.join(runners)}")
+    stats = interleaved({name: run_of(name) for name in runners}, opts.warmup, opts.repeats)
+
+    result = {"height": height, "width": width, "batch": batch, "unet_batch": cfg * batch,
+              "flops_per_unet_step": asdict(flops) | {"total": flops.total}, "backends": {}}
+    ref = stats.get(REFERENCE)
+    for name, s in stats.items():
+        step = s["unet_step"].median
+        entry = {
+            "device": runners[name].device,
+            "timings": {k: v.to_json() for k, v in s.items()},
+            "images_per_second": batch / s["total"].median,
+            "unet_gflops_per_second": flops.total / step / 1e9,
+            "unet_peak_fraction": flops.total / step / peak,
+            "overhead_share": s["overhead"].median / s["total"].median,
+        }
+        if ref is not None:
+            entry["speedup_total"] = ref["total"].median / s["total"].median
+            entry["speedup_unet_step"] = ref["unet_step"].median / step
+            if name != REFERENCE:
+                entry["parity"] = _parity(outputs[name], outputs[REFERENCE], manifest.precision)
+        if opts.probes:
+            entry["first_image"] = _probe(folder, name, height, width, batch, opts)
+        result["backends"][name] = entry
+    return result, outputs
+
+
+def run_bench(opts: BenchOptions, log: Callable = print) -> tuple[dict, dict]:
+    """Every figure of the report (a JSON-ready dict), and the images of the last run of each config (for plots)."""
+    opts.check()
+    report: dict = {"machine": machine_info(), "options": {k: (str(v) if isinstance(v, Path) else v)
+                                                           for k, v in asdict(opts).items()}}
+    log("measuring the machine's GEMM peak")
+    report["peak"] = measure_peak(opts.peak_sizes)
+    peak = report["peak"]["peak_fp32"]
+    report["models"], images = [], {}
+    for model in opts.models:
+        folder, export_info = prepare_export(model, opts, log)
+        manifest = load_manifest(folder)
+        log(f"{model}: {folder} ({manifest.family}, {manifest.precision})")
+        runners = {}
+        try:
+            for name in opts.backends:
+                if name == REFERENCE:
+                    from ..export.sources import load_model
+
+                    runners[name] = TorchRunner(load_model(manifest.source["model"]).pipe)
+                else:
+                    runners[name] = SdrtRunner(folder, name)
+            configs = []
+            for size in opts.sizes:
+                for batch in opts.batches:
+                    config, outputs = bench_config(runners, folder, manifest, size, size, batch, opts, peak, log)
+                    configs.append(config)
+                    images[(model, size, batch)] = {name: out.images[0] for name, out in outputs.items()}
+        finally:
+            for r in runners.values():
+                r.close()
+        report["models"].append({"model": model, "family": manifest.family, "precision": manifest.precision,
+                                 "export": export_info, "configs": configs})
+    if opts.quality:
+        from .quality import shapes_quality
+
+        log("quality on the trained shapes model (fp32 and fp16 graphs)")
+        folders = {p: prepare_export("shapes", opts, log, precision=p)[0] for p in ("fp32", "fp16")}
+        report["quality"] = shapes_quality(opts.backends, folders, log)
+    return report, images

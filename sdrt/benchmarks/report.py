@@ -1,0 +1,165 @@
+"""The report folder: report.json (every figure), report.md (tables to read), PNG plots (stage latency by backend;
+the reference image beside each backend's and an amplified difference map). Every file is written atomically."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..fileio import atomic_path, write_json, write_text
+from . import metrics
+from .bench import REFERENCE
+
+STAGE_COLOURS = {"text_encoder": "#4c72b0", "unet": "#dd8452", "vae_decoder": "#55a868", "overhead": "#8c8c8c"}
+DIFF_GAIN = 10
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1e3:,.1f} ms" if seconds < 1 else f"{seconds:,.2f} s"
+
+
+def _range(t: dict) -> str:
+    return f"{_ms(t['median'])} ({_ms(t['min'])}–{_ms(t['max'])})"
+
+
+def _slug(model: str, c: dict) -> str:
+    return f"{Path(model).name}-{c['height']}x{c['width']}-b{c['batch']}"
+
+
+def markdown(report: dict) -> str:
+    m, o, p = report["machine"], report["options"], report["peak"]
+    lines = [
+        "# sdrt benchmark",
+        "",
+        f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, GPU: {m['gpu'] or 'none'}; "
+        f"flags {' '.join(m['cpu_flags']) or 'unknown'}.",
+        "Versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()) + ".",
+        "",
+        f"Each figure is the median of {o['repeats']} runs (min–max in brackets) after {o['warmup']} warm-up run(s), "
+        f"backends interleaved; {o['steps']} steps of {o['sampler']}, guidance {o['guidance']}, prompt "
+        f"\"{o['prompt']}\". Speed-ups are against `{REFERENCE}` (diffusers, fp32, CPU) in the same run. "
+        f"Machine GEMM peak (fp32, best of numpy and ONNX Runtime over 1024–4096² matrices): "
+        f"{p['peak_fp32'] / 1e9:,.0f} GFLOP/s ({p['peak_fp32_from']}).",
+    ]
+    for entry in report["models"]:
+        e = entry["export"]
+        made = f"exported in {e['export_seconds']:.1f} s" if e["export_seconds"] is not None else "export reused"
+        lines += ["", f"## {entry['model']} ({entry['family']}, {entry['precision']} graphs; {made}, "
+                      f"{e['size_bytes'] / 2**20:,.1f} MiB on disk)"]
+        for c in entry["configs"]:
+            fl = c["flops_per_unet_step"]
+            lines += [
+                "",
+                f"### {c['height']}×{c['width']}, batch {c['batch']} (U-Net batch {c['unet_batch']}: "
+                f"{fl['total'] / 1e9:,.1f} GFLOP per step — convolutions {fl['conv'] / 1e9:,.1f}, linear "
+                f"{fl['linear'] / 1e9:,.1f}, attention {fl['attention'] / 1e9:,.1f})",
+                "",
+                "| backend | device | end to end | U-Net step | text encoder | VAE decode | overhead/step | images/s "
+                "| speed-up (total / U-Net) | U-Net GFLOP/s | of peak | time to first image | peak memory |",
+                "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+            ]
+            for name, b in c["backends"].items():
+                t = b["timings"]
+                first = b.get("first_image", {})
+                ttfi = _ms(first["time_to_first_image_s"]) if "time_to_first_image_s" in first else first.get("error", "—")
+                mem = f"{first['peak_rss_mib']:,.0f} MiB" if "peak_rss_mib" in first else "—"
+                speed = (f"{b['speedup_total']:.2f}× / {b['speedup_unet_step']:.2f}×" if "speedup_total" in b else "—")
+                lines.append(
+                    f"| {name} | {b['device']} | {_range(t['total'])} | {_range(t['unet_step'])} | "
+                    f"{_ms(t['text_encoder']['median'])} | {_ms(t['vae_decoder']['median'])} | "
+                    f"{_ms(t['overhead_per_step']['median'])} | {b['images_per_second']:.2f} | {speed} | "
+                    f"{b['unet_gflops_per_second']:,.0f} | {b['unet_peak_fraction']:.0%} | {ttfi} | {mem} |"
+                )
+            parity = {n: b["parity"] for n, b in c["backends"].items() if "parity" in b}
+            if parity:
+                lines += ["", "| backend | final latents rel. error | PSNR | SSIM | max pixel diff | held to | result |",
+                          "|---|---|---|---|---|---|---|"]
+                for name, q in parity.items():
+                    tol = q["tolerance"]
+                    lines.append(
+                        f"| {name} | {q['latents_rel_error']:.2e} | {q['psnr_db']:.1f} dB | {q['ssim']:.4f} | "
+                        f"{q['max_abs_pixel_diff']} | ≤ {tol['latents_rel_error']:g}, ≥ {tol['psnr_db']:g} dB | "
+                        f"{'pass' if q['passed'] else 'FAIL'} |"
+                    )
+            slug = _slug(entry["model"], c)
+            lines += ["", f"![stage latency]({slug}-latency.png)", f"![images]({slug}-images.png)"]
+    if "quality" in report:
+        q = report["quality"]
+        lines += ["", "## Quality on real images: the `shapes` model",
+                  "", f"The nine check prompts of `sdrt.shapes` ({q['steps']} steps of {q['sampler']}, guidance "
+                  f"{q['guidance']}, seeds {q['seeds'][0]}–{q['seeds'][-1]}), read back by `sdrt.shapes.read`; lower "
+                  "precisions compared with fp32 on the same backend (worst image).",
+                  "", "| backend | graphs | prompts right | PSNR vs fp32 | SSIM vs fp32 | misread |",
+                  "|---|---|---|---|---|---|"]
+        for r in q["rows"]:
+            wrong = "; ".join(f"{' '.join(w['expected'])} → {' '.join(x or '?' for x in w['read'])}" for w in r["wrong"])
+            psnr = f"{r['psnr_db_vs_fp32']:.1f} dB" if "psnr_db_vs_fp32" in r else "—"
+            ssim = f"{r['ssim_vs_fp32']:.4f}" if "ssim_vs_fp32" in r else "—"
+            lines.append(f"| {r['backend']} | {r['precision']} | {r['adherence']}/{r['of']} | {psnr} | {ssim} | {wrong or '—'} |")
+    lines += ["", "Overhead is the time outside the component calls (the sampler loop, tokenizing, image conversion); "
+              "for `torch` it is diffusers' own. Time to first image counts imports, loading and one run in a fresh "
+              "process; peak memory is that process's peak resident set (host memory only)."]
+    return "\n".join(lines) + "\n"
+
+
+def latency_plot(config: dict, title: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(config["backends"])
+    fig, ax = plt.subplots(figsize=(7, 1.2 + 0.6 * len(names)))
+    left = np.zeros(len(names))
+    for stage, colour in STAGE_COLOURS.items():
+        values = np.array([max(config["backends"][n]["timings"][stage]["median"], 0.0) for n in names])
+        ax.barh(names, values, left=left, color=colour, label=stage.replace("_", " "))
+        left += values
+    ax.set_xlabel("seconds (median)")
+    ax.set_title(title, fontsize=10)
+    ax.invert_yaxis()
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+
+
+def image_panel(images: dict[str, np.ndarray], path: Path) -> None:
+    """The reference, each backend's image, and each one's difference from the reference ×DIFF_GAIN."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ref = images.get(REFERENCE)
+    others = [n for n in images if n != REFERENCE]
+    columns = [(f"{REFERENCE} (reference)", ref)] if ref is not None else []
+    for name in others:
+        columns.append((name, images[name]))
+        if ref is not None:
+            columns.append((f"|{name} − {REFERENCE}| ×{DIFF_GAIN}", metrics.difference_map(images[name], ref, DIFF_GAIN)))
+    fig, axes = plt.subplots(1, len(columns), figsize=(2.6 * len(columns), 2.9), squeeze=False)
+    for ax, (label, image) in zip(axes[0], columns):
+        ax.imshow(image, cmap="gray" if image.ndim == 2 else None, vmin=0, vmax=255, interpolation="nearest")
+        ax.set_title(label, fontsize=8)
+        ax.axis("off")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+
+
+def write_report(report: dict, images: dict, out: Path) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "report.json", report)
+    for entry in report["models"]:
+        for c in entry["configs"]:
+            slug = _slug(entry["model"], c)
+            latency_plot(c, f"{entry['model']} {c['height']}×{c['width']} batch {c['batch']}", out / f"{slug}-latency.png")
+            shots = images.get((entry["model"], c["height"], c["batch"]))
+            if shots:
+                image_panel(shots, out / f"{slug}-images.png")
+    write_text(out / "report.md", markdown(report))
+    return out / "report.md"

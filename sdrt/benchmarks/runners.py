@@ -1,0 +1,154 @@
+"""One full generation per call, with per-stage timings, for each backend: ``torch`` (diffusers'
+StableDiffusionPipeline, the reference) and sdrt's own backends (the runtime ``Pipeline``).
+
+Stage times come from wrapping the component calls (the U-Net's forward, the backend's ``run``); nothing else is
+changed, so what is timed is what runs in production.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..runtime.schedulers import diffusers_equivalent
+
+STAGES = ("text_encoder", "unet", "vae_decoder")
+
+
+@dataclass(frozen=True)
+class Request:
+    prompt: str
+    negative_prompt: str
+    height: int
+    width: int
+    batch: int  # images per call
+    steps: int
+    guidance: float
+    sampler: str
+    seed: int
+    latents: np.ndarray  # the same starting latents for every backend
+
+
+@dataclass
+class Output:
+    latents: np.ndarray  # final latents, before the VAE decoder
+    images: np.ndarray  # uint8 [B, H, W, 3]
+    timings: dict[str, float]  # seconds: total, per stage, unet_step, overhead
+
+
+def _summarise(total: float, stages: dict[str, float], unet_calls: int) -> dict[str, float]:
+    timings = {"total": total, **{s: stages.get(s, 0.0) for s in STAGES}}
+    timings["unet_step"] = timings["unet"] / max(unet_calls, 1)
+    # the time outside the component calls: the sampler loop, tokenizing, image conversion (for torch: diffusers')
+    timings["overhead"] = total - sum(stages.values())
+    timings["overhead_per_step"] = timings["overhead"] / max(unet_calls, 1)
+    return timings
+
+
+class SdrtRunner:
+    """The runtime Pipeline on one backend; ``run`` times every backend call by component."""
+
+    def __init__(self, folder: Path, backend: str):
+        from ..runtime import Pipeline
+
+        self.pipe = Pipeline.load(folder, backend=backend)
+        self.name = backend
+        self.device = self.pipe.backend.device
+        self._stages: dict[str, float] = defaultdict(float)
+        self._calls: dict[str, int] = defaultdict(int)
+        run = self.pipe.backend.run
+
+        def timed_run(component, feeds):
+            t0 = time.perf_counter()
+            out = run(component, feeds)
+            self._stages[component] += time.perf_counter() - t0
+            self._calls[component] += 1
+            return out
+
+        self.pipe.backend.run = timed_run  # instrumentation only: the same call, timed
+
+    def __call__(self, r: Request) -> Output:
+        self._stages.clear()
+        self._calls.clear()
+        t0 = time.perf_counter()
+        result = self.pipe([r.prompt] * r.batch, negative_prompt=[r.negative_prompt] * r.batch, num_inference_steps=r.steps,
+                           guidance_scale=r.guidance, height=r.height, width=r.width, seed=r.seed,
+                           scheduler=r.sampler, latents=r.latents, weighting=False)
+        total = time.perf_counter() - t0
+        images = np.stack([np.asarray(im) for im in result.images])
+        return Output(result.latents, images, _summarise(total, dict(self._stages), self._calls["unet"]))
+
+    def close(self) -> None:
+        self.pipe.close()
+
+
+def diffusers_scheduler(config, sampler: str):
+    """diffusers' scheduler for an sdrt sampler name, from a model's scheduler config."""
+    import diffusers
+
+    cls, extra = diffusers_equivalent(sampler)
+    return getattr(diffusers, cls).from_config(config, **extra)
+
+
+class TorchRunner:
+    """diffusers' StableDiffusionPipeline in fp32 on the CPU: the reference every figure is compared with."""
+
+    name = "torch"
+
+    def __init__(self, pipe, threads: int | None = None):
+        import torch
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.pipe = pipe
+        self.pipe.set_progress_bar_config(disable=True)
+        self.device = f"cpu ({torch.get_num_threads()} threads)"
+        self._original_config = pipe.scheduler.config
+        self._stages: dict[str, float] = defaultdict(float)
+        self._calls: dict[str, int] = defaultdict(int)
+        for stage, module, attr in (("text_encoder", pipe.text_encoder, "forward"), ("unet", pipe.unet, "forward"),
+                                    ("vae_decoder", pipe.vae, "decode")):
+            self._wrap(stage, module, attr)
+
+    def _wrap(self, stage: str, module, attr: str) -> None:
+        original = getattr(module, attr)
+
+        def timed(*args, **kwargs):
+            t0 = time.perf_counter()
+            out = original(*args, **kwargs)
+            self._stages[stage] += time.perf_counter() - t0
+            self._calls[stage] += 1
+            return out
+
+        setattr(module, attr, timed)  # instrumentation only: the same call, timed
+
+    def __call__(self, r: Request) -> Output:
+        import torch
+
+        self.pipe.scheduler = diffusers_scheduler(self._original_config, r.sampler)
+        final = {}
+
+        def keep_latents(pipe, i, t, kwargs):
+            final["latents"] = kwargs["latents"]
+            return {}
+
+        self._stages.clear()
+        self._calls.clear()
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            images = self.pipe(
+                [r.prompt] * r.batch, negative_prompt=[r.negative_prompt] * r.batch, num_inference_steps=r.steps,
+                guidance_scale=r.guidance, height=r.height, width=r.width, latents=torch.from_numpy(r.latents),
+                generator=torch.Generator().manual_seed(r.seed), output_type="np",
+                callback_on_step_end=keep_latents, callback_on_step_end_tensor_inputs=["latents"],
+            ).images
+        total = time.perf_counter() - t0
+        images = (images * 255).round().astype(np.uint8)
+        return Output(final["latents"].numpy(), images, _summarise(total, dict(self._stages), self._calls["unet"]))
+
+    def close(self) -> None:
+        pass
