@@ -12,7 +12,7 @@ install: $(STAMP)
 
 $(STAMP): setup.py constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[export,bench,test]"
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[export,bench,openvino,test]"
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -22,10 +22,13 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q tests
 
-# make bench: torch (diffusers) against ONNX Runtime on tiny and the SD 1.5 architecture at 256x256, on this
-# machine; the report goes to benchmarks/results/cpu (committed; linked from the README). ~15 minutes, 13 GB.
+# make bench: torch (diffusers) against ONNX Runtime and OpenVINO (fp32, bf16) on tiny and the SD 1.5 architecture
+# at 256x256, on this machine; the report goes to benchmarks/results/cpu (committed; linked from the README).
+# ~20 minutes and 16 GB of memory on 2 cores.
+BENCH_BACKENDS ?= torch,onnxruntime,openvino,openvino:bf16
 bench: $(STAMP)
-	$(PY) -m sdrt.cli bench --model tiny sd15-arch --sizes 256 --steps 10 --warmup 1 --repeats 3 --quality --out benchmarks/results/cpu
+	$(PY) -m sdrt.cli bench --model tiny sd15-arch --sizes 256 --steps 10 --warmup 1 --repeats 3 --quality \
+		--backends $(BENCH_BACKENDS) --out benchmarks/results/cpu
 
 # make train-shapes: train the built-in `shapes` model from scratch (~26 minutes on 2 CPU cores)
 # and ship it into the package (sdrt/data/arch/shapes, sdrt/data/weights/shapes; git shows the change).

@@ -33,6 +33,7 @@ setup(
             "onnx>=1.16",
             "safetensors>=0.4",
         ],
+        "openvino": ["openvino>=2024.0"],  # the CPU fast path (backend="openvino")
         # sdrt bench: the torch reference needs "export" too
         "bench": ["matplotlib>=3.7", "scikit-image>=0.21"],
         "test": ["pytest>=7", "scipy>=1.10"],  # scipy: diffusers' LMS reference in the parity tests

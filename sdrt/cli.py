@@ -62,7 +62,8 @@ def cmd_generate(args: argparse.Namespace) -> None:
         bar = bar or tqdm(total=total, desc="denoising", unit="step", disable=args.quiet)
         bar.update(1)
 
-    with Pipeline.load(args.folder, backend=args.backend) as pipe:
+    backend = f"{args.backend}:{args.precision}" if args.precision else args.backend
+    with Pipeline.load(args.folder, backend=backend) as pipe:
         print(f"backend: {pipe.backend.name} on {pipe.backend.device}")
         try:
             result = pipe(
@@ -167,14 +168,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="outpainting: grow --init-image by these pixels and paint the new area")
     p.add_argument("--inpaint-mode", choices=INPAINT_MODES, default="auto",
                    help="model: an inpainting U-Net; blend: latent blending with any model; auto: what the model has")
-    p.add_argument("--backend", default="onnxruntime")
+    p.add_argument("--backend", default="onnxruntime",
+                   help="onnxruntime, openvino (CPU fast path) or auto (the fastest installed); default onnxruntime")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default=None,
+                   help="openvino compute precision: fp32 (exact, default) or bf16 (where the CPU has it)")
     p.add_argument("--out", default="sdrt.png", help="PNG path; a batch writes NAME-0.png, NAME-1.png, …")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("bench", help="latency, memory and parity of the backends against diffusers (torch)")
     p.add_argument("--model", nargs="+", default=["tiny"], help="built-in names or export folders (default: tiny)")
-    p.add_argument("--backends", default="torch,onnxruntime", help="comma-separated; torch is the reference")
+    p.add_argument("--backends", default="torch,onnxruntime",
+                   help="comma-separated: torch (the reference), onnxruntime, openvino, openvino:bf16, auto")
     p.add_argument("--sizes", type=_ints, default=(256,), help="square image sides, comma-separated (default 256)")
     p.add_argument("--batches", type=_ints, default=(1,), help="images per call, comma-separated (default 1)")
     p.add_argument("--steps", type=int, default=10)

@@ -6,6 +6,7 @@ PyTorch matmul ran at 208 GFLOP/s while ONNX Runtime's U-Net reached 357), so th
 
 from __future__ import annotations
 
+import importlib.util
 import time
 from typing import Callable
 
@@ -48,12 +49,47 @@ def onnxruntime_gemm(n: int, repeats: int) -> Stats:
     return _rate(lambda: session.run(None, feeds), 2.0 * n**3, repeats)
 
 
-GEMMS = {"numpy": numpy_gemm, "onnxruntime": onnxruntime_gemm}
+def openvino_gemm(n: int, repeats: int, precision: str = "fp32", chain: int = 4) -> Stats:
+    """``chain`` MatMuls by constant weights (as a network's layers: weights packed once, in bf16 where asked),
+    compiled by OpenVINO for the CPU; the chain spreads the input's conversion over several products."""
+    import openvino as ov
+    from openvino import opset13 as ops
+
+    rng = np.random.default_rng(0)
+    x = ops.parameter([n, n], ov.Type.f32, name="x")
+    y = x
+    for _ in range(chain):
+        y = ops.matmul(y, ops.constant((rng.standard_normal((n, n)) / np.sqrt(n)).astype(np.float32)), False, False)
+    hint = {"fp32": "f32", "bf16": "bf16"}[precision]
+    compiled = ov.Core().compile_model(ov.Model([y], [x], "gemm"), "CPU", {"INFERENCE_PRECISION_HINT": hint})
+    request = compiled.create_infer_request()
+    feed = [rng.standard_normal((n, n), dtype=np.float32)]
+    return _rate(lambda: request.infer(feed), chain * 2.0 * n**3, repeats)
+
+
+def _has_bf16() -> bool:
+    try:
+        import openvino as ov
+    except ImportError:
+        return False
+    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
 def measure_peak(sizes: tuple[int, ...] = (1024, 2048, 4096), repeats: int = 5) -> dict:
-    """fp32 GEMM FLOP/s of each library at each square size (best of ``repeats``), and the best of all: the peak
-    that backends' fractions refer to. The best size differs between libraries and machines, hence the sweep."""
-    rates = {f"{name} {n}": gemm(n, repeats) for name, gemm in GEMMS.items() for n in sizes}
-    best = max(rates, key=lambda k: rates[k].max)
-    return {"fp32": {k: v.to_json() for k, v in rates.items()}, "peak_fp32": rates[best].max, "peak_fp32_from": best}
+    """GEMM FLOP/s of each library at each square size (best of ``repeats``) and the best of all, per precision:
+    the peaks that backends' fractions refer to (fp32; bf16 where the CPU and OpenVINO have it). The best size
+    differs between libraries and machines, hence the sweep."""
+    gemms = {"numpy": numpy_gemm, "onnxruntime": onnxruntime_gemm}
+    if importlib.util.find_spec("openvino") is not None:
+        gemms["openvino"] = openvino_gemm
+    result = {}
+    for precision in ("fp32", "bf16"):
+        if precision == "bf16":
+            if not _has_bf16():
+                break
+            gemms = {"openvino": lambda n, r: openvino_gemm(n, r, "bf16")}
+        rates = {f"{name} {n}": gemm(n, repeats) for name, gemm in gemms.items() for n in sizes}
+        best = max(rates, key=lambda k: rates[k].max)
+        result[precision] = {k: v.to_json() for k, v in rates.items()}
+        result[f"peak_{precision}"], result[f"peak_{precision}_from"] = rates[best].max, best
+    return result

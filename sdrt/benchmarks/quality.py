@@ -1,6 +1,6 @@
 """Quality figures on real images: the trained ``shapes`` model's nine check prompts on every backend and precision,
-with prompt adherence (read back by ``sdrt.shapes``) and each lower precision's PSNR/SSIM against fp32 on the same
-backend. Random-weight models make noise, on which such figures say little."""
+with prompt adherence (read back by ``sdrt.shapes``) and each lower-precision run's PSNR/SSIM against the first sdrt
+backend's fp32 images. Random-weight models make noise, on which such figures say little."""
 
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ def _torch_images() -> list[np.ndarray]:
 def shapes_quality(backends: tuple[str, ...], folders: dict[str, Path], log: Callable) -> dict:
     """``folders``: precision -> export folder of ``shapes``. Returns rows of backend, precision, adherence and
     similarity to the same backend's fp32 images."""
-    rows = []
+    rows, exact = [], None  # exact: the first sdrt backend's images from fp32 graphs in fp32, what others are held to
     for backend in backends:
         runs = {"fp32": _torch_images()} if backend == "torch" else {
             precision: _sdrt_images(folder, backend) for precision, folder in folders.items()}
@@ -52,8 +52,11 @@ def shapes_quality(backends: tuple[str, ...], folders: dict[str, Path], log: Cal
             right, details = shapes.adherence(images, shapes.CHECKS)
             row = {"backend": backend, "precision": precision, "adherence": right, "of": len(images),
                    "wrong": [{"expected": d["expected"], "read": d["read"]} for d in details if not d["right"]]}
-            if precision != "fp32" and "fp32" in runs:
-                pairs = list(zip(images, runs["fp32"]))
+            lossless = precision == "fp32" and not backend.endswith(":bf16")
+            if backend != "torch" and lossless and exact is None:
+                exact = images
+            elif backend != "torch" and exact is not None and not lossless:
+                pairs = list(zip(images, exact))
                 row["psnr_db_vs_fp32"] = min(metrics.psnr(a, b) for a, b in pairs)
                 row["ssim_vs_fp32"] = min(metrics.ssim(a, b) for a, b in pairs)
             rows.append(row)

@@ -39,8 +39,10 @@ def markdown(report: dict) -> str:
         f"Each figure is the median of {o['repeats']} runs (min–max in brackets) after {o['warmup']} warm-up run(s), "
         f"backends interleaved; {o['steps']} steps of {o['sampler']}, guidance {o['guidance']}, prompt "
         f"\"{o['prompt']}\". Speed-ups are against `{REFERENCE}` (diffusers, fp32, CPU) in the same run. "
-        f"Machine GEMM peak (fp32, best of numpy and ONNX Runtime over 1024–4096² matrices): "
-        f"{p['peak_fp32'] / 1e9:,.0f} GFLOP/s ({p['peak_fp32_from']}).",
+        f"Machine GEMM peak, the best any installed library reaches over 1024–4096² matrices: fp32 "
+        f"{p['peak_fp32'] / 1e9:,.0f} GFLOP/s ({p['peak_fp32_from']})"
+        + (f", bf16 {p['peak_bf16'] / 1e9:,.0f} GFLOP/s ({p['peak_bf16_from']})" if "peak_bf16" in p else "")
+        + "; each backend's fraction is of the peak of the precision it computes in.",
     ]
     for entry in report["models"]:
         e = entry["export"]
@@ -89,7 +91,7 @@ def markdown(report: dict) -> str:
         lines += ["", "## Quality on real images: the `shapes` model",
                   "", f"The nine check prompts of `sdrt.shapes` ({q['steps']} steps of {q['sampler']}, guidance "
                   f"{q['guidance']}, seeds {q['seeds'][0]}–{q['seeds'][-1]}), read back by `sdrt.shapes.read`; lower "
-                  "precisions compared with fp32 on the same backend (worst image).",
+                  "precisions (fp16 graphs, bf16 compute) compared with the first sdrt backend's fp32 images (worst image).",
                   "", "| backend | graphs | prompts right | PSNR vs fp32 | SSIM vs fp32 | misread |",
                   "|---|---|---|---|---|---|"]
         for r in q["rows"]:

@@ -1,21 +1,51 @@
-"""Backends that execute the export folder's graphs. The pipeline loop never knows which one runs."""
+"""Backends that execute the export folder's graphs. The pipeline loop never knows which one runs.
+
+A backend is named ``name`` or ``name:precision`` (``openvino:bf16``); ``auto`` picks the fastest one present.
+"""
 
 from __future__ import annotations
 
+import importlib.util
+import logging
 from typing import Literal
 
 from ...errors import UserInputError
 from .base import Backend
 
-BackendName = Literal["onnxruntime"]
-BACKENDS = ("onnxruntime",)
-_ALIASES = {"onnxruntime": "onnxruntime", "ort": "onnxruntime"}
+log = logging.getLogger("sdrt")
+
+BackendName = Literal["onnxruntime", "openvino", "auto"]
+# The backends sdrt has, in the order `auto` prefers them where they are installed (a TensorRT engine
+# backend, once it exists, goes first when a GPU is present).
+KNOWN_BACKENDS = ("openvino", "onnxruntime")
+BACKENDS = tuple(b for b in KNOWN_BACKENDS if importlib.util.find_spec(b) is not None)  # installed here
+_ALIASES = {"onnxruntime": "onnxruntime", "ort": "onnxruntime", "openvino": "openvino", "ov": "openvino"}
 
 
-def create_backend(name: str) -> Backend:
-    key = _ALIASES.get(name.lower())
+def resolve_auto() -> tuple[str, str]:
+    """The backend ``auto`` stands for on this machine, and why."""
+    if "openvino" in BACKENDS:
+        return "openvino", "OpenVINO is installed: the fastest CPU backend (no TensorRT backend for a GPU yet)"
+    return "onnxruntime", "OpenVINO is not installed (pip install 'sdrt[openvino]'), so ONNX Runtime"
+
+
+def create_backend(spec: str) -> Backend:
+    """``"onnxruntime"``, ``"openvino"``, ``"openvino:bf16"``, ``"auto"``…"""
+    name, _, precision = spec.lower().partition(":")
+    if name == "auto":
+        name, reason = resolve_auto()
+        log.info("backend auto: %s (%s)", name, reason)
+    key = _ALIASES.get(name)
     if key == "onnxruntime":
+        if precision not in ("", "fp32"):
+            raise UserInputError(f"onnxruntime runs the graphs in the precision they were exported in; drop ':{precision}'"
+                                 " (export with --fp16 for fp16)")
         from .onnxruntime import OnnxRuntimeBackend
 
         return OnnxRuntimeBackend()
-    raise UserInputError(f"unknown backend {name!r}; available: {', '.join(BACKENDS)}")
+    if key == "openvino":
+        from .openvino import OpenVinoBackend
+
+        return OpenVinoBackend(precision=precision or "fp32")
+    raise UserInputError(f"unknown backend {spec!r}; available: {', '.join(KNOWN_BACKENDS)}, auto "
+                         "(openvino takes :fp32 or :bf16)")
