@@ -38,7 +38,7 @@ def ldm_checkpoint(pipe) -> dict[str, torch.Tensor]:
     return {k: v.contiguous() for k, v in state.items()}
 
 
-@pytest.fixture(scope="module", params=["tiny", "tiny-sd2"])
+@pytest.fixture(scope="module", params=["tiny", "tiny-sd2", "tiny-inpaint"])
 def tiny(request, tmp_path_factory):
     arch = request.param
     pipe = build_random_pipeline(arch, seed=1)
@@ -106,6 +106,17 @@ def test_detects_sd1_and_sd2(tmp_path):
     v2_marker = "model.diffusion_model.input_blocks.2.1.transformer_blocks.0.attn2.to_k.weight"
     assert detect_arch(_marker_file(tmp_path, {v1_marker: (1, 1), v2_marker: (2, 768)})) == "sd15"
     assert detect_arch(_marker_file(tmp_path, {v1_marker: (1, 1), v2_marker: (2, 1024)})) == "sd21"
+
+
+def test_detects_inpainting_checkpoints(tmp_path):
+    """A 9-channel first convolution marks an inpainting U-Net (SD 1.5 or, with OpenCLIP's 1024-wide keys, SD 2)."""
+    v1_marker = "model.diffusion_model.output_blocks.11.0.skip_connection.weight"
+    v2_marker = "model.diffusion_model.input_blocks.2.1.transformer_blocks.0.attn2.to_k.weight"
+    conv_in = "model.diffusion_model.input_blocks.0.0.weight"
+    sd15 = {v1_marker: (1, 1), v2_marker: (2, 768), conv_in: (4, 9, 3, 3)}
+    assert detect_arch(_marker_file(tmp_path, sd15)) == "sd15-inpaint"
+    assert detect_arch(_marker_file(tmp_path, sd15 | {v2_marker: (2, 1024)})) == "sd2-inpaint"
+    assert detect_arch(_marker_file(tmp_path, sd15 | {conv_in: (4, 4, 3, 3)})) == "sd15"
 
 
 def test_sdxl_is_refused_with_a_clear_message(tmp_path):

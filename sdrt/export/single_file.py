@@ -14,7 +14,7 @@ from ..errors import ModelSourceError
 from .builtin import ARCH_DIR, clip_tokenizer
 
 # diffusers' name for a checkpoint's model type -> our config folder
-_MODEL_TYPE_TO_ARCH = {"v1": "sd15", "v2": "sd21"}
+_MODEL_TYPE_TO_ARCH = {"v1": "sd15", "v2": "sd21", "inpainting": "sd15-inpaint", "inpainting_v2": "sd2-inpaint"}
 _SDXL_MODEL_TYPES = {"xl_base", "xl_refiner", "xl_inpaint", "playground-v2-5"}
 _PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
 
@@ -87,7 +87,7 @@ def detect_arch(path: Path, *, allow_pickle: bool = False) -> str:
             "Use a Stable Diffusion 1.x or 2.x checkpoint."
         )
     # diffusers answers "v1" for anything it does not recognise, so check the v1 marker is there.
-    if model_type == "v1" and CHECKPOINT_KEY_NAMES["v1"] not in shapes:
+    if model_type in ("v1", "inpainting") and CHECKPOINT_KEY_NAMES["v1"] not in shapes:
         model_type = None
     if model_type in _MODEL_TYPE_TO_ARCH:
         return _MODEL_TYPE_TO_ARCH[model_type]
