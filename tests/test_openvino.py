@@ -62,15 +62,51 @@ def test_images_match_diffusers(export_dir, reference_pipeline):
     assert psnr(np.asarray(ours.images[0]), (image * 255).round().astype(np.uint8)) > 40
 
 
-def test_cache_misses_then_hits_and_keys_on_precision(loaded, export_dir):
-    backends, cache = loaded
-    assert set(backends["fp32"].cache.values()) == {"miss"} and set(backends["bf16"].cache.values()) == {"miss"}
-    folders = sorted(p.name for p in cache.iterdir())
-    assert len(folders) == 8 and not any(".tmp-" in f for f in folders)  # 4 graphs x 2 precisions, none half-written
-    again = OpenVinoBackend(precision="fp32", cache_dir=cache).load(export_dir("tiny"), load_manifest(export_dir("tiny")))
-    assert set(again.cache.values()) == {"hit"}
-    again.close()
-    assert sorted(p.name for p in cache.iterdir()) == folders
+def _run_all(backend, reference_pipeline, shape):
+    outputs = {}
+    for graph in component_graphs(reference_pipeline("tiny"), FAMILIES["sd1"]):
+        inputs = graph.make_inputs(shape, torch.Generator().manual_seed(3))
+        outputs[graph.name] = backend.run(graph.name, {k: v.numpy() for k, v in inputs.items()})
+    return outputs
+
+
+def test_cache_misses_then_hits_keyed_on_precision_and_shape(export_dir, reference_pipeline, tmp_path):
+    folder, shape = export_dir("tiny"), Shape(batch=1, latent_h=8, latent_w=8)
+
+    def fresh(**kwargs):
+        return OpenVinoBackend(cache_dir=tmp_path, **kwargs).load(folder, load_manifest(folder))
+
+    first = fresh()
+    _run_all(first, reference_pipeline, shape)
+    assert len(first.cache) == 4 and set(first.cache.values()) == {"miss"}
+    folders = sorted(p.name for p in tmp_path.iterdir())
+    assert len(folders) == 4 and not any(".tmp-" in f for f in folders)  # none half-written
+    again = fresh()
+    expected = _run_all(first, reference_pipeline, shape)
+    got = _run_all(again, reference_pipeline, shape)
+    assert set(again.cache.values()) == {"hit"} and sorted(p.name for p in tmp_path.iterdir()) == folders
+    for name in expected:
+        for out in expected[name]:
+            np.testing.assert_array_equal(got[name][out], expected[name][out])
+    _run_all(again, reference_pipeline, Shape(batch=1, latent_h=8, latent_w=12))  # new shapes (not the text encoder's)
+    bf16 = fresh(precision="bf16")
+    _run_all(bf16, reference_pipeline, shape)  # another precision: compiled anew
+    assert set(bf16.cache.values()) == {"miss"} and len(list(tmp_path.iterdir())) == 4 + 3 + 4
+    dynamic = fresh(static_shapes=False)  # compiled at load, for every shape
+    assert set(dynamic.cache.values()) == {"miss"} and len(list(tmp_path.iterdir())) == 4 + 3 + 4 + 4
+    for name, outs in _run_all(dynamic, reference_pipeline, shape).items():
+        for out, value in outs.items():
+            rel = np.abs(value - expected[name][out]).max() / np.abs(expected[name][out]).max()
+            assert rel < 1e-5, f"static and dynamic compiles differ on {name}.{out}: {rel:.1e}"
+    for b in (first, again, bf16, dynamic):
+        b.close()
+
+
+def test_backend_specs():
+    assert create_backend("openvino:bf16:dynamic").static_shapes is False
+    assert create_backend("openvino:bf16").precision == "bf16" and create_backend("ov").static_shapes is True
+    with pytest.raises(Exception, match="at most a precision"):
+        create_backend("openvino:bf16:fp32")
 
 
 def test_auto_picks_openvino_when_installed():
