@@ -73,8 +73,8 @@ def _run_all(backend, reference_pipeline, shape):
 def test_cache_misses_then_hits_keyed_on_precision_and_shape(export_dir, reference_pipeline, tmp_path):
     folder, shape = export_dir("tiny"), Shape(batch=1, latent_h=8, latent_w=8)
 
-    def fresh(**kwargs):
-        return OpenVinoBackend(cache_dir=tmp_path, **kwargs).load(folder, load_manifest(folder))
+    def fresh(static_shapes=True, **kwargs):
+        return OpenVinoBackend(cache_dir=tmp_path, static_shapes=static_shapes, **kwargs).load(folder, load_manifest(folder))
 
     first = fresh()
     _run_all(first, reference_pipeline, shape)
@@ -103,8 +103,8 @@ def test_cache_misses_then_hits_keyed_on_precision_and_shape(export_dir, referen
 
 
 def test_backend_specs():
-    assert create_backend("openvino:bf16:dynamic").static_shapes is False
-    assert create_backend("openvino:bf16").precision == "bf16" and create_backend("ov").static_shapes is True
+    assert create_backend("openvino:bf16:static").static_shapes is True
+    assert create_backend("openvino:bf16").precision == "bf16" and create_backend("ov").static_shapes is False
     with pytest.raises(Exception, match="at most a precision"):
         create_backend("openvino:bf16:fp32")
 

@@ -30,19 +30,19 @@ def resolve_auto() -> tuple[str, str]:
 
 
 def create_backend(spec: str) -> Backend:
-    """``"onnxruntime"``, ``"openvino"``, ``"openvino:bf16"``, ``"openvino:bf16:dynamic"``, ``"auto"``…"""
+    """``"onnxruntime"``, ``"openvino"``, ``"openvino:bf16"``, ``"openvino:bf16:static"``, ``"auto"``…"""
     name, *options = spec.lower().split(":")
-    dynamic = "dynamic" in options
-    options = [o for o in options if o != "dynamic"]
+    static = "static" in options
+    options = [o for o in options if o != "static"]
     if len(options) > 1:
-        raise UserInputError(f"backend {spec!r}: give at most a precision and 'dynamic' after the name")
+        raise UserInputError(f"backend {spec!r}: give at most a precision and 'static' after the name")
     precision = options[0] if options else ""
     if name == "auto":
         name, reason = resolve_auto()
         log.info("backend auto: %s (%s)", name, reason)
     key = _ALIASES.get(name)
     if key == "onnxruntime":
-        if dynamic or precision not in ("", "fp32"):
+        if static or precision not in ("", "fp32"):
             raise UserInputError(f"onnxruntime runs the graphs in the precision they were exported in; drop ':{precision}'"
                                  " (export with --fp16 for fp16)")
         from .onnxruntime import OnnxRuntimeBackend
@@ -51,6 +51,6 @@ def create_backend(spec: str) -> Backend:
     if key == "openvino":
         from .openvino import OpenVinoBackend
 
-        return OpenVinoBackend(precision=precision or "fp32", static_shapes=not dynamic)
+        return OpenVinoBackend(precision=precision or "fp32", static_shapes=static)
     raise UserInputError(f"unknown backend {spec!r}; available: {', '.join(KNOWN_BACKENDS)}, auto "
-                         "(openvino takes :fp32 or :bf16, and :dynamic)")
+                         "(openvino takes :fp32 or :bf16, and :static)")

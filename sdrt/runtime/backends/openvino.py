@@ -64,11 +64,12 @@ def _manifest_name(port, comp) -> str:
 class OpenVinoBackend(Backend):
     name = "openvino"
 
-    def __init__(self, precision: str = "fp32", cache_dir: str | Path | None = None, static_shapes: bool = True):
+    def __init__(self, precision: str = "fp32", cache_dir: str | Path | None = None, static_shapes: bool = False):
         super().__init__()
         self.precision = precision
-        # Static shapes: each graph compiled for the exact input shapes it is first run with (a U-Net step was
-        # 10-15 % faster than the dynamic compile for SD 1.5 at 256x256 in bf16), at most MAX_SHAPES per graph.
+        # Static shapes (opt-in): each graph compiled for the exact input shapes it is first run with (a U-Net step
+        # was 10-15 % faster than the dynamic compile for SD 1.5 at 256x256 in bf16), at most MAX_SHAPES per graph;
+        # compiling reads the ONNX weights again, so loading needs more memory than the dynamic compile.
         self.static_shapes = static_shapes
         self._cache_dir = Path(cache_dir) if cache_dir else None
         self._compiled: dict[tuple, tuple] = OrderedDict()  # (component, shapes or None) -> (request, outputs)
