@@ -24,7 +24,7 @@ test: $(STAMP)
 
 # make bench: torch (diffusers) against ONNX Runtime and OpenVINO (fp32, bf16) on tiny and the SD 1.5 architecture
 # at 256x256, on this machine; the report goes to benchmarks/results/cpu (committed; linked from the README).
-# ~20 minutes and 16 GB of memory on 2 cores.
+# ~12 minutes and up to ~17 GB of memory on 2 cores (the SD 1.5 export, if not there yet, adds 3 minutes).
 BENCH_BACKENDS ?= torch,onnxruntime,openvino,openvino:bf16
 bench: $(STAMP)
 	$(PY) -m sdrt.cli bench --model tiny sd15-arch --sizes 256 --steps 10 --warmup 1 --repeats 3 --quality \
