@@ -2,6 +2,8 @@
 
 import numpy as np
 
+from sdrt.benchmarks import metrics
+
 # sampler -> (diffusers class, extra from_config arguments)
 DIFFUSERS_CLASS = {
     "ddim": ("DDIMScheduler", {}),
@@ -32,6 +34,6 @@ def use_sampler(pipe, sampler: str) -> None:
     pipe.scheduler = getattr(diffusers, cls).from_config(original, **extra)
 
 
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2)
-    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+def psnr(a, b) -> float:
+    """PSNR of two 8-bit images (PIL or arrays), by the benchmark's own metric."""
+    return metrics.psnr(np.asarray(a), np.asarray(b))

@@ -9,27 +9,16 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from .. import cpu
+
 LIBRARIES = ("numpy", "onnxruntime", "onnxruntime-gpu", "onnx", "torch", "diffusers", "transformers", "openvino",
              "tensorrt", "tensorrt-rtx", "sdrt")
 _FLAG_PREFIXES = ("avx", "amx", "fma", "f16c", "sse4", "vnni")
 
 
-def _cpuinfo() -> dict[str, str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return {}
-    info = {}
-    for line in text.splitlines():
-        if ":" in line:
-            key, value = (part.strip() for part in line.split(":", 1))
-            info.setdefault(key, value)
-    return info
-
-
 def cpu_flags() -> list[str]:
     """The CPU's vector and matrix instruction-set flags (AVX*, AMX*, FMA, VNNI …)."""
-    return sorted(f for f in _cpuinfo().get("flags", "").split() if f.startswith(_FLAG_PREFIXES))
+    return sorted(f for f in cpu.cpu_flags() if f.startswith(_FLAG_PREFIXES))
 
 
 def gpu_name() -> str | None:
@@ -44,7 +33,7 @@ def gpu_name() -> str | None:
 
 
 def machine_info() -> dict:
-    info = _cpuinfo()
+    info = cpu.cpuinfo()
     versions = {}
     for lib in LIBRARIES:
         try:

@@ -49,6 +49,33 @@ def _summarise(total: float, stages: dict[str, float], unet_calls: int) -> dict[
     return timings
 
 
+class StageTimer:
+    """Seconds and calls per stage, from component calls wrapped by ``wrap``; ``reset`` before each run."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = defaultdict(float)
+        self.calls: dict[str, int] = defaultdict(int)
+
+    def reset(self) -> None:
+        self.seconds.clear()
+        self.calls.clear()
+
+    def wrap(self, call, stage_of):
+        """``call`` timed; ``stage_of(args)`` names the stage (instrumentation only: the same call)."""
+        def timed(*args, **kwargs):
+            t0 = time.perf_counter()
+            out = call(*args, **kwargs)
+            stage = stage_of(args)
+            self.seconds[stage] += time.perf_counter() - t0
+            self.calls[stage] += 1
+            return out
+
+        return timed
+
+    def summary(self, total: float) -> dict[str, float]:
+        return _summarise(total, dict(self.seconds), self.calls["unet"])
+
+
 class SdrtRunner:
     """The runtime Pipeline on one backend; ``run`` times every backend call by component."""
 
@@ -58,29 +85,18 @@ class SdrtRunner:
         self.pipe = Pipeline.load(folder, backend=backend)
         self.name = backend
         self.device = self.pipe.backend.device
-        self._stages: dict[str, float] = defaultdict(float)
-        self._calls: dict[str, int] = defaultdict(int)
-        run = self.pipe.backend.run
-
-        def timed_run(component, feeds):
-            t0 = time.perf_counter()
-            out = run(component, feeds)
-            self._stages[component] += time.perf_counter() - t0
-            self._calls[component] += 1
-            return out
-
-        self.pipe.backend.run = timed_run  # instrumentation only: the same call, timed
+        self.timer = StageTimer()
+        self.pipe.backend.run = self.timer.wrap(self.pipe.backend.run, lambda args: args[0])  # by component
 
     def __call__(self, r: Request) -> Output:
-        self._stages.clear()
-        self._calls.clear()
+        self.timer.reset()
         t0 = time.perf_counter()
         result = self.pipe([r.prompt] * r.batch, negative_prompt=[r.negative_prompt] * r.batch, num_inference_steps=r.steps,
                            guidance_scale=r.guidance, height=r.height, width=r.width, seed=r.seed,
                            scheduler=r.sampler, latents=r.latents, weighting=False)
         total = time.perf_counter() - t0
         images = np.stack([np.asarray(im) for im in result.images])
-        return Output(result.latents, images, _summarise(total, dict(self._stages), self._calls["unet"]))
+        return Output(result.latents, images, self.timer.summary(total))
 
     def close(self) -> None:
         self.pipe.close()
@@ -108,23 +124,10 @@ class TorchRunner:
         self.pipe.set_progress_bar_config(disable=True)
         self.device = f"cpu ({torch.get_num_threads()} threads)"
         self._original_config = pipe.scheduler.config
-        self._stages: dict[str, float] = defaultdict(float)
-        self._calls: dict[str, int] = defaultdict(int)
+        self.timer = StageTimer()
         for stage, module, attr in (("text_encoder", pipe.text_encoder, "forward"), ("unet", pipe.unet, "forward"),
                                     ("vae_decoder", pipe.vae, "decode")):
-            self._wrap(stage, module, attr)
-
-    def _wrap(self, stage: str, module, attr: str) -> None:
-        original = getattr(module, attr)
-
-        def timed(*args, **kwargs):
-            t0 = time.perf_counter()
-            out = original(*args, **kwargs)
-            self._stages[stage] += time.perf_counter() - t0
-            self._calls[stage] += 1
-            return out
-
-        setattr(module, attr, timed)  # instrumentation only: the same call, timed
+            setattr(module, attr, self.timer.wrap(getattr(module, attr), lambda args, stage=stage: stage))
 
     def __call__(self, r: Request) -> Output:
         import torch
@@ -136,8 +139,7 @@ class TorchRunner:
             final["latents"] = kwargs["latents"]
             return {}
 
-        self._stages.clear()
-        self._calls.clear()
+        self.timer.reset()
         t0 = time.perf_counter()
         with torch.no_grad():
             images = self.pipe(
@@ -148,7 +150,7 @@ class TorchRunner:
             ).images
         total = time.perf_counter() - t0
         images = (images * 255).round().astype(np.uint8)
-        return Output(final["latents"].numpy(), images, _summarise(total, dict(self._stages), self._calls["unet"]))
+        return Output(final["latents"].numpy(), images, self.timer.summary(total))
 
     def close(self) -> None:
         pass

@@ -121,7 +121,8 @@ class Pipeline:
         sampler = canonical_name(scheduler or self.default_sampler)
         negatives = self._negatives(negative_prompt, len(prompts))
 
-        mode, picture, mask_picture = self._read_images(image, mask_image, outpaint)
+        source = None if image is None else imageio.load_image(image)
+        mode, picture, mask_picture = self._read_images(source, mask_image, outpaint)
         if mode == "txt2img" and strength is not None:
             raise UserInputError("strength applies to an input image (img2img, inpainting); give one with image=... / --init-image")
         if mode != "txt2img" and latents is not None:
@@ -155,7 +156,7 @@ class Pipeline:
             final, timings = self._txt2img(job, latents)
         images = self._decode(final, timings)
 
-        extra = _infotext_extras(mode, strength, use_model, outpaint, image, weighting, noise)
+        extra = _infotext_extras(mode, strength, use_model, outpaint, source, weighting, noise)
         parameters = [
             imageio.infotext(
                 p, n, steps=num_inference_steps, sampler=a1111_name(sampler), cfg_scale=guidance_scale, seed=seed,
@@ -166,30 +167,29 @@ class Pipeline:
         ]
         return GenerationResult(images, final, seed, parameters, timings, mode)
 
-    def _read_images(self, image, mask_image, outpaint) -> tuple[str, Image.Image | None, Image.Image | None]:
+    def _read_images(self, image: Image.Image | None, mask_image,
+                     outpaint) -> tuple[str, Image.Image | None, Image.Image | None]:
         """The mode, and the input image and mask as PIL images (an outpainting canvas and its mask)."""
         if outpaint is not None:
             if image is None:
                 raise UserInputError("outpainting extends an image: give one (image=..., --init-image)")
             if mask_image is not None:
                 raise UserInputError("give a mask or outpaint margins, not both")
-            picture = imageio.load_image(image)
-            canvas, mask = imageio.outpaint_canvas(picture, *_margins(outpaint), self.manifest.vae_scale_factor)
+            canvas, mask = imageio.outpaint_canvas(image, *_margins(outpaint), self.manifest.vae_scale_factor)
             return "inpaint", canvas, mask
         if mask_image is not None and image is None:
             raise UserInputError("a mask needs the image it applies to (image=..., --init-image)")
         if image is None:
             return "txt2img", None, None
-        picture = imageio.load_image(image)
         if mask_image is None:
-            return "img2img", picture, None
+            return "img2img", image, None
         mask = imageio.load_image(mask_image, "mask", mode="L")
-        if mask.size != picture.size:
+        if mask.size != image.size:
             raise UserInputError(
-                f"the mask is {mask.width}x{mask.height} but the image is {picture.width}x{picture.height}; "
+                f"the mask is {mask.width}x{mask.height} but the image is {image.width}x{image.height}; "
                 "give a mask of the image's size (white = repaint)"
             )
-        return "inpaint", picture, mask
+        return "inpaint", image, mask
 
     # -- the modes ---------------------------------------------------------------------------------------
 
@@ -440,7 +440,8 @@ def _check_strength(strength) -> float:
     return float(strength)
 
 
-def _infotext_extras(mode, strength, use_model, outpaint, image, weighting, noise) -> dict[str, object]:
+def _infotext_extras(mode, strength, use_model, outpaint, source: Image.Image | None, weighting,
+                     noise) -> dict[str, object]:
     """What the infotext needs beyond the txt2img fields to reproduce an image."""
     extra: dict[str, object] = {}
     if mode != "txt2img":
@@ -449,8 +450,8 @@ def _infotext_extras(mode, strength, use_model, outpaint, image, weighting, nois
         extra["Inpainting"] = "model" if use_model else "latent blend"
     if outpaint is not None:
         extra["Outpaint"] = ",".join(str(v) for v in outpaint)
-    if image is not None:
-        extra["Init image hash"] = imageio.image_hash(imageio.load_image(image))
+    if source is not None:
+        extra["Init image hash"] = imageio.image_hash(source)
     if not weighting:
         extra["Emphasis"] = "None"
     # "RNG: CPU" is AUTOMATIC1111's name for torch's CPU generator, which "torch" noise reproduces

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ...cpu import cpu_flags
 from ...errors import BackendError
 from .base import Backend
 
@@ -37,12 +38,8 @@ def check_precision(precision: str, capabilities: list[str]) -> str:
 
 def cpu_features() -> str:
     """The CPU flags that change which kernels OpenVINO compiles (part of the cache key)."""
-    try:
-        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
-    except (OSError, StopIteration):
-        return "unknown"
-    have = set(flags.split(":", 1)[1].split())
-    return ",".join(f for f in _CPU_FLAGS if f in have)
+    have = cpu_flags()
+    return ",".join(f for f in _CPU_FLAGS if f in have) if have else "unknown"
 
 
 def cache_key(sha256: str, version: str, precision: str, features: str, static_shape: str | None = None) -> str:
