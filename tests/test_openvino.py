@@ -18,7 +18,7 @@ from sdrt.runtime.backends.openvino import OpenVinoBackend, check_precision  # n
 from parity_helpers import psnr, use_sampler  # noqa: E402
 
 # relative error = max |ov - torch| / max |torch|, as the exporter's validation
-TOLERANCE = {"fp32": 1e-4, "bf16": 1e-1}  # bf16 keeps 8 mantissa bits; tiny's random U-Net: 6e-2
+TOLERANCE = {"fp32": 1e-4, "bf16": 1e-1, "int8": 5e-2}  # bf16 keeps 8 mantissa bits; tiny's random U-Net: 6e-2
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +102,33 @@ def test_cache_misses_then_hits_keyed_on_precision_and_shape(export_dir, referen
         b.close()
 
 
+def test_int8_weights_match_pytorch_and_are_compressed_once(export_dir, reference_pipeline, tmp_path):
+    folder = export_dir("tiny")
+    backend = OpenVinoBackend(cache_dir=tmp_path, weights="int8").load(folder, load_manifest(folder))
+    for graph in component_graphs(reference_pipeline("tiny"), FAMILIES["sd1"]):
+        inputs = graph.make_inputs(Shape(batch=1, latent_h=8, latent_w=12), torch.Generator().manual_seed(3))
+        with torch.no_grad():
+            expected = graph.module(*inputs.values())
+        expected = expected if isinstance(expected, tuple) else (expected,)
+        got = backend.run(graph.name, {k: v.numpy() for k, v in inputs.items()})
+        for spec, ref in zip(graph.outputs, expected):
+            rel = np.abs(got[spec.name] - ref.numpy()).max() / np.abs(ref.numpy()).max()
+            assert rel < TOLERANCE["int8"], f"{graph.name}.{spec.name}: relative error {rel:.2e} (int8 weights)"
+    backend.close()
+    irs = sorted(tmp_path.glob("*-int8-*/*.xml"))
+    assert [p.stem for p in irs] == sorted(["text_encoder", "unet", "vae_decoder", "vae_encoder"])
+    assert 'element_type="u8"' in irs[1].read_text()  # the U-Net's weights really are 8-bit
+    stamps = {p: p.stat().st_mtime_ns for p in irs}
+    again = OpenVinoBackend(cache_dir=tmp_path, weights="int8").load(folder, load_manifest(folder))
+    assert set(again.cache.values()) == {"hit"} and {p: p.stat().st_mtime_ns for p in irs} == stamps
+    assert "int8 weights" in again.device
+    again.close()
+
+
 def test_backend_specs():
+    assert create_backend("openvino:bf16:int8").weights == "int8" and create_backend("openvino").weights is None
+    with pytest.raises(Exception, match="int8 weights and static shapes are openvino's"):
+        create_backend("onnxruntime:int8")
     assert create_backend("openvino:bf16:static").static_shapes is True
     assert create_backend("openvino:bf16").precision == "bf16" and create_backend("ov").static_shapes is False
     with pytest.raises(Exception, match="at most a precision"):
