@@ -33,7 +33,13 @@ setup(
             "onnx>=1.16",
             "safetensors>=0.4",
         ],
-        "openvino": ["openvino>=2024.0"],  # the CPU fast path (backend="openvino")
+        # the CPU fast path (backend="openvino"); NNCF compresses weights to int8 (openvino:int8)
+        "openvino": ["openvino>=2024.0", "nncf>=2.14"],
+        # TensorRT engines (sdrt build, backend="tensorrt-rtx"): TensorRT for RTX from PyPI (its builder needs no
+        # GPU), cuda-python for device memory, onnx-graphsurgeon for the graph clean-up before a build
+        "tensorrt-rtx": ["tensorrt-rtx-cu12>=1.4", "cuda-bindings>=12.8,<13", "onnx>=1.16", "onnx-graphsurgeon>=0.5"],
+        # NVIDIA TensorRT 10+ (backend="tensorrt"): its libraries come from NVIDIA's index (pypi.nvidia.com)
+        "tensorrt": ["tensorrt>=10.1", "cuda-bindings>=12.8", "onnx>=1.16", "onnx-graphsurgeon>=0.5"],
         # sdrt bench: the torch reference needs "export" too
         "bench": ["matplotlib>=3.7", "scikit-image>=0.21"],
         "test": ["pytest>=7", "scipy>=1.10"],  # scipy: diffusers' LMS reference in the parity tests

@@ -1,4 +1,4 @@
-"""``sdrt export|generate|bench|info``: parses arguments, calls the Python API, prints results.
+"""``sdrt export|build|generate|bench|info``: parses arguments, calls the Python API, prints results.
 
 Errors sdrt raises on purpose are printed as one message (no traceback) with a non-zero exit.
 """
@@ -62,7 +62,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
         bar = bar or tqdm(total=total, desc="denoising", unit="step", disable=args.quiet)
         bar.update(1)
 
-    backend = f"{args.backend}:{args.precision}" if args.precision else args.backend
+    backend = ":".join([args.backend] + ([args.precision] if args.precision else []) + ([args.weights] if args.weights else []))
     with Pipeline.load(args.folder, backend=backend) as pipe:
         print(f"backend: {pipe.backend.name} on {pipe.backend.device}")
         try:
@@ -115,6 +115,26 @@ def cmd_bench(args: argparse.Namespace) -> None:
     print(f"wrote {path} (and report.json, plots) in {args.out}")
 
 
+def cmd_build(args: argparse.Namespace) -> None:
+    from .engines import build, dynamic_profile, static_profile
+    from .engines.profiles import parse_size
+    from .errors import UserInputError
+
+    ranges = [args.min, args.opt, args.max]
+    if any(ranges) and not all(ranges):
+        raise UserInputError("a dynamic profile needs all of --min, --opt and --max (BATCHxHEIGHTxWIDTH)")
+    profiles = [static_profile(*parse_size(size), batch=args.batch, max_tokens=args.max_tokens or 75)
+                for size in args.static]
+    if all(ranges):
+        profiles.append(dynamic_profile(args.min, args.opt, args.max, max_tokens=args.max_tokens or 150))
+    components = tuple(c.strip() for c in args.components.split(",")) if args.components else None
+    outcomes = build(args.folder, args.backend, profiles or None, compute_capabilities=args.compute_capability,
+                     components=components, refit=args.refit, cleanup=not args.no_cleanup, force=args.force)
+    for o in outcomes:
+        took = f"in {o.seconds:.1f} s" if o.status != "cached" else "(cache hit)"
+        print(f"{o.component:<13} {o.status:<8} {took:<11} {o.bytes / 1e6:7.1f} MB  {o.file}")
+
+
 def cmd_info(args: argparse.Namespace) -> None:
     from .manifest import load_manifest
 
@@ -124,6 +144,11 @@ def cmd_info(args: argparse.Namespace) -> None:
           f"prediction {m.prediction_type}, scheduler {m.scheduler_config.get('_class_name')}")
     for name, c in m.components.items():
         print(f"  {name:<13} {c.file:<20} {c.precision}  " + ", ".join(f"{t.name}{list(t.shape)}" for t in c.inputs))
+    from .engines.profiles import Profile
+
+    for r in sorted(m.engines.values(), key=lambda r: (r["flavour"], r["component"], r["file"])):
+        print(f"  engine {r['component']:<13} {r['flavour']} {r['version']} sm {','.join(r['targets'])}: "
+              f"{Profile.from_json(r['profile']).describe()}, {r['bytes'] / 1e6:.1f} MB, built in {r['build_seconds']} s")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -145,6 +170,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size-range", type=_size_range, metavar="MIN,MAX", help="image sides in pixels the export supports")
     p.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH, help=f"largest number of images per call (default {DEFAULT_MAX_BATCH})")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("build", help="build TensorRT engines (fp16 from --fp16 exports) for an export folder",
+                       description="One engine per component and profile into FOLDER/engines, cached by content: "
+                                   "an unchanged model, TensorRT, target and profile is never rebuilt.")
+    p.add_argument("folder", help="export folder (from sdrt export)")
+    p.add_argument("--backend", choices=("tensorrt", "tensorrt-rtx"), default="tensorrt-rtx",
+                   help="TensorRT flavour (default tensorrt-rtx: TensorRT for RTX, builds without a GPU)")
+    p.add_argument("--static", action="append", default=[], metavar="HEIGHTxWIDTH",
+                   help="a static profile (repeatable); with --batch")
+    p.add_argument("--batch", type=int, default=1, help="images per call of the static profiles (default 1); "
+                   "the U-Net's doubling for guidance is added for you")
+    p.add_argument("--min", metavar="BxHxW", help="dynamic profile: smallest batch x height x width, e.g. 1x256x256")
+    p.add_argument("--opt", metavar="BxHxW", help="dynamic profile: the shape to tune for, e.g. 1x512x512")
+    p.add_argument("--max", metavar="BxHxW", help="dynamic profile: largest, e.g. 4x768x768")
+    p.add_argument("--max-tokens", type=int, default=None,
+                   help="longest prompt in tokens (75 per chunk; default 75 static, 150 dynamic)")
+    p.add_argument("--compute-capability", metavar="CC[,CC]",
+                   help="tensorrt-rtx: build ahead of time for these GPUs, e.g. 8.6,8.9 (default: the local GPU)")
+    p.add_argument("--components", metavar="NAME[,NAME]", help="only these (text_encoder, unet, vae_decoder, vae_encoder)")
+    p.add_argument("--refit", action="store_true", help="refittable engines (weights swappable later, e.g. LoRA)")
+    p.add_argument("--no-cleanup", action="store_true", help="skip constant folding and clean-up of the graphs")
+    p.add_argument("--force", action="store_true", help="rebuild even where the cache has the engine")
+    p.set_defaults(func=cmd_build)
 
     p = sub.add_parser("generate", help="generate images from an export folder")
     p.add_argument("folder", help="export folder (from sdrt export)")
@@ -169,9 +217,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--inpaint-mode", choices=INPAINT_MODES, default="auto",
                    help="model: an inpainting U-Net; blend: latent blending with any model; auto: what the model has")
     p.add_argument("--backend", default="onnxruntime",
-                   help="onnxruntime, openvino (CPU fast path) or auto (the fastest installed); default onnxruntime")
+                   help="onnxruntime, openvino (CPU fast path), tensorrt or tensorrt-rtx (GPU engines from sdrt build; "
+                        "':auto-build' builds missing ones) or auto (the fastest here); default onnxruntime")
     p.add_argument("--precision", choices=("fp32", "bf16"), default=None,
                    help="openvino compute precision: fp32 (exact, default) or bf16 (where the CPU has it)")
+    p.add_argument("--weights", choices=("int8",), default=None,
+                   help="openvino: int8 weights (NNCF weight compression; smaller, approximate, see the README)")
     p.add_argument("--out", default="sdrt.png", help="PNG path; a batch writes NAME-0.png, NAME-1.png, …")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_generate)
@@ -179,7 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="latency, memory and parity of the backends against diffusers (torch)")
     p.add_argument("--model", nargs="+", default=["tiny"], help="built-in names or export folders (default: tiny)")
     p.add_argument("--backends", default="torch,onnxruntime",
-                   help="comma-separated: torch (the reference), onnxruntime, openvino, openvino:bf16, auto")
+                   help="comma-separated: torch (the reference), onnxruntime, openvino, openvino:bf16, "
+                        "openvino:bf16:int8 (int8 weights), auto")
     p.add_argument("--sizes", type=_ints, default=(256,), help="square image sides, comma-separated (default 256)")
     p.add_argument("--batches", type=_ints, default=(1,), help="images per call, comma-separated (default 1)")
     p.add_argument("--steps", type=int, default=10)

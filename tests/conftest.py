@@ -40,3 +40,7 @@ def reference_pipeline():
         return made[model]
 
     return get
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "gpu: needs an NVIDIA GPU and a TensorRT flavour; skipped elsewhere")

@@ -3,13 +3,13 @@
 import pytest
 
 from sdrt.runtime import Pipeline
-from sdrt.runtime.backends import BACKENDS
+from sdrt.runtime.backends import CPU_BACKENDS
 from sdrt.shapes import CHECKS, adherence, caption
 
 STEPS, GUIDANCE = 25, 5.0
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("fp16", [False, True], ids=["fp32", "fp16"])
 def test_prompt_adherence(export_dir, backend, fp16):
     with Pipeline.load(export_dir("shapes", fp16), backend=backend) as pipe:

@@ -12,7 +12,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 
 from ..errors import SdrtError, UserInputError
 from ..manifest import MANIFEST_NAME, load_manifest

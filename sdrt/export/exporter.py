@@ -13,7 +13,7 @@ from ..families import detect_family
 from ..manifest import DEFAULT_MAX_BATCH, MANIFEST_NAME, ComponentSpec, Manifest, TokenizerSpec
 from ..fileio import write_json, write_text
 from . import onnx_io
-from .graphs import ComponentGraph, Shape, component_graphs
+from .graphs import Shape, component_graphs
 from .sources import load_model
 from .validate import as_json, report, validate_graph
 

@@ -21,6 +21,7 @@ from ..errors import ManifestError, SdrtError, UserInputError
 from ..manifest import Manifest, load_manifest
 from . import images as imageio
 from .backends import Backend, create_backend
+from .backends.base import RunShape
 from .noise import MAX_SEED, GeneratorKind, make_generator, random_seed
 from .prompts import apply_weights, tokenize_prompt
 from .schedulers import Scheduler, a1111_name, canonical_name, default_sampler, make_scheduler
@@ -65,7 +66,7 @@ class Pipeline:
     def load(cls, folder: str | Path, backend: str | Backend = "onnxruntime") -> Pipeline:
         folder = Path(folder)
         manifest = load_manifest(folder)
-        engine = create_backend(backend) if isinstance(backend, str) else backend
+        engine = create_backend(backend, manifest) if isinstance(backend, str) else backend
         engine.load(folder, manifest)
         log.debug("backend: %s on %s", engine.name, engine.device)
         return cls(folder, manifest, engine)
@@ -196,7 +197,7 @@ class Pipeline:
     def _txt2img(self, job: _Job, latents: np.ndarray | None):
         m, timings = self.manifest, {}
         # 1. encode the prompts
-        embeddings = self._encode_prompts(job, timings)
+        embeddings = self._encode_prompts(job, timings, encodes_image=True)
 
         # 2. the sampler and the initial noise
         scheduler = self._scheduler(job)
@@ -215,7 +216,7 @@ class Pipeline:
     def _img2img(self, job: _Job, init: np.ndarray, strength: float):
         timings: dict[str, float] = {}
         # 1. encode the prompts
-        embeddings = self._encode_prompts(job, timings)
+        embeddings = self._encode_prompts(job, timings, encodes_image=True)
 
         # 2. the sampler, its schedule cut to the last ``strength`` part (diffusers' get_timesteps)
         scheduler = self._scheduler(job)
@@ -232,7 +233,7 @@ class Pipeline:
     def _inpaint(self, job: _Job, init: np.ndarray, mask: np.ndarray, strength: float, use_model: bool):
         m, timings = self.manifest, {}
         # 1. encode the prompts
-        embeddings = self._encode_prompts(job, timings)
+        embeddings = self._encode_prompts(job, timings, encodes_image=True)
 
         # 2. the sampler, its schedule cut to the last ``strength`` part
         scheduler = self._scheduler(job)
@@ -276,13 +277,14 @@ class Pipeline:
 
     # -- the stages the modes share ----------------------------------------------------------------------
 
-    def _encode_prompts(self, job: _Job, timings: dict) -> np.ndarray:
+    def _encode_prompts(self, job: _Job, timings: dict, encodes_image: bool = False) -> np.ndarray:
         """Hidden states ``[U-Net batch, 77·chunks, D]``: negatives first ([uncond..., cond...]), each prompt's
         images side by side, as diffusers; prompts of fewer chunks padded with the empty prompt's, as AUTOMATIC1111."""
         t0 = time.perf_counter()
         texts = (job.negatives + job.prompts) if job.do_cfg else job.prompts
         chunks = [tokenize_prompt(self.tokenizer, text, job.weighting) for text in texts]
         n = max(len(c) for c in chunks)
+        self.backend.prepare(RunShape(job.batch, job.height, job.width, n, encodes_image=encodes_image))
         if n > 1:
             empty = tokenize_prompt(self.tokenizer, "", job.weighting)
             chunks = [c.padded(n, empty) for c in chunks]

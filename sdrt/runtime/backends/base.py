@@ -8,12 +8,23 @@ Output arrays may be buffers the backend reuses: copy them if you keep them past
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ...errors import BackendError
 from ...manifest import ComponentSpec, Manifest
+
+
+@dataclass(frozen=True)
+class RunShape:
+    """What one pipeline call will run, in the user's terms: told to the backend before any graph runs."""
+    batch: int  # images
+    height: int
+    width: int
+    chunks: int = 1  # 75-token prompt chunks
+    encodes_image: bool = False  # img2img / inpainting also run the VAE encoder
 
 
 class Backend(ABC):
@@ -40,6 +51,10 @@ class Backend(ABC):
                 raise BackendError(f"{component} input {t.name!r} must have {len(t.shape)} dims {t.shape}, got {value.shape}")
             checked[t.name] = np.ascontiguousarray(value, dtype=t.dtype)
         return self.run_impl(component, checked)
+
+    def prepare(self, shape: RunShape) -> None:
+        """Called once per pipeline call before the first graph runs: a backend with fixed shapes (TensorRT
+        profiles) refuses here, before any work, what it cannot run. Graphs with dynamic shapes need nothing."""
 
     def close(self) -> None:
         self.close_impl()
