@@ -86,3 +86,25 @@ def test_seed_gives_diffusers_image(pipelines, reference_pipeline, model, sample
     rel = np.abs(ours.latents - ref_latents).max() / np.abs(ref_latents).max()
     assert rel < 1e-4, f"final latents differ: relative error {rel:.2e}"
     assert psnr(np.asarray(ours.images[0]), ref_images[0]) > 40
+
+
+@pytest.mark.parametrize("sampler", ["dpm++2m", "euler-a"])  # euler-a: step noise from each image's generator
+def test_a_seed_per_image_gives_each_image_its_own_run(pipelines, sampler):
+    pipe = pipelines["tiny"]
+    kwargs = dict(num_inference_steps=4, height=64, width=64, scheduler=sampler)
+    joined = pipe(["a red circle", "a blue square", "a red circle"], seed=[7, 8, 9], **kwargs)
+    assert joined.seeds == [7, 8, 9] and "Seed: 8" in joined.parameters[1]
+    for i, (prompt, seed) in enumerate([("a red circle", 7), ("a blue square", 8), ("a red circle", 9)]):
+        alone = pipe(prompt, seed=seed, **kwargs)
+        np.testing.assert_allclose(joined.latents[i], alone.latents[0], rtol=0, atol=1e-4)
+        assert psnr(np.asarray(joined.images[i]), np.asarray(alone.images[0])) > 50
+
+
+def test_a_callback_can_stop_the_loop(pipelines):
+    pipe = pipelines["tiny"]
+    seen = []
+    result = pipe("a red circle", seed=1, num_inference_steps=6, height=64, width=64,
+                  callback=lambda i, n: seen.append(i) or i == 1)
+    assert seen == [0, 1] and len(result.images) == 1
+    with pytest.raises(Exception, match="one seed per image"):
+        pipe("a red circle", seed=[1, 2], num_inference_steps=2, height=64, width=64)

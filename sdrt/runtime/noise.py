@@ -250,6 +250,21 @@ class NumpyGenerator:
         return self._rng.standard_normal(_shape(shape), dtype=_f32)
 
 
+class PerImageGenerators:
+    """One generator per image of a batch (AUTOMATIC1111's seed, seed+1, …; diffusers' list of generators): image
+    i's noise is exactly what a one-image run with its seed draws, so joined requests keep their own images."""
+
+    def __init__(self, generators: list):
+        self.generators = generators
+        self.kind = generators[0].kind
+
+    def randn(self, shape: Shape) -> np.ndarray:
+        shape = _shape(shape)
+        if shape[0] != len(self.generators):
+            raise ValueError(f"{len(self.generators)} per-image generators cannot draw a batch of {shape[0]}")
+        return np.concatenate([g.randn((1, *shape[1:])) for g in self.generators])
+
+
 def make_generator(seed: int, kind: GeneratorKind = "torch") -> TorchCompatibleGenerator | NumpyGenerator:
     """A seeded noise generator with ``randn(shape) -> float32 array``: ``"torch"`` draws what
     ``torch.Generator("cpu").manual_seed(seed)`` would (diffusers' seeds), ``"numpy"`` numpy's own stream."""

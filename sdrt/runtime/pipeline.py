@@ -22,14 +22,14 @@ from ..manifest import Manifest, load_manifest
 from . import images as imageio
 from .backends import Backend, create_backend
 from .backends.base import RunShape
-from .noise import MAX_SEED, GeneratorKind, make_generator, random_seed
+from .noise import MAX_SEED, GeneratorKind, PerImageGenerators, make_generator, random_seed
 from .prompts import apply_weights, tokenize_prompt
 from .schedulers import Scheduler, a1111_name, canonical_name, default_sampler, make_scheduler
 from .tokenizer import ClipTokenizer
 
 log = logging.getLogger("sdrt")
 
-StepCallback = Callable[[int, int], None]  # (step index, total steps)
+StepCallback = Callable[[int, int], "bool | None"]  # (step index, total steps); True stops the loop
 InpaintMode = Literal["auto", "model", "blend"]
 INPAINT_MODES = ("auto", "model", "blend")
 
@@ -42,6 +42,7 @@ class GenerationResult:
     parameters: list[str]  # one AUTOMATIC1111 infotext per image, as written into the PNGs
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
     mode: str = "txt2img"  # "txt2img" | "img2img" | "inpaint"
+    seeds: list[int] = field(default_factory=list)  # each image's seed (all ``seed`` unless a list was given)
 
     def save(self, path: str | Path) -> list[Path]:
         """Write the images as PNGs with their parameters; ``a.png`` becomes ``a-0.png``, ``a-1.png``… for a batch."""
@@ -94,7 +95,7 @@ class Pipeline:
         guidance_scale: float = 7.5,
         height: int | None = None,
         width: int | None = None,
-        seed: int | None = None,
+        seed: int | list[int] | None = None,
         scheduler: str | None = None,
         num_images: int = 1,
         latents: np.ndarray | None = None,
@@ -116,7 +117,9 @@ class Pipeline:
         Prompts take AUTOMATIC1111's weights ``(word:1.3)``, ``(word)``, ``[word]`` and may be longer than 75 tokens
         (``weighting=False`` reads brackets as text, as diffusers does). ``noise="torch"`` draws the same numbers as
         diffusers' CPU ``torch.Generator().manual_seed(seed)``, in diffusers' order, so a seed gives diffusers'
-        image; ``"numpy"`` uses numpy's PCG64. ``latents`` replaces the initial noise of text to image."""
+        image; ``"numpy"`` uses numpy's PCG64. ``latents`` replaces the initial noise of text to image. A list of
+        seeds, one per image (text to image), gives each image its own generator, as AUTOMATIC1111's batches: each
+        image is then the one its seed gives alone."""
         m = self.manifest
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         sampler = canonical_name(scheduler or self.default_sampler)
@@ -132,7 +135,13 @@ class Pipeline:
         use_model = self._inpaint_with_model(inpaint_mode) if mode == "inpaint" else self.is_inpainting_model
         auto_w, auto_h = (m.default_size,) * 2 if picture is None else imageio.default_size(picture, m.vae_scale_factor)
         width, height = auto_w if width is None else width, auto_h if height is None else height
-        self._check(prompts, num_inference_steps, guidance_scale, height, width, num_images, seed)
+        seeds = list(seed) if isinstance(seed, (list, tuple)) else None
+        if seeds is not None and (mode != "txt2img" or len(seeds) != len(prompts) * num_images):
+            raise UserInputError(f"a list of seeds gives one seed per image of text to image: {len(prompts) * num_images} "
+                                 f"image(s) here, {len(seeds)} seed(s)" if mode == "txt2img" else
+                                 "a list of seeds is for text to image; give img2img and inpainting one seed")
+        for value in seeds or [seed]:
+            self._check(prompts, num_inference_steps, guidance_scale, height, width, num_images, value)
 
         # the input image and mask as arrays at the output size
         init = None if picture is None else imageio.image_to_array(picture, width, height)
@@ -143,10 +152,14 @@ class Pipeline:
             init = np.zeros((1, 3, height, width), np.float32) if init is None else init
             mask = np.ones((1, 1, height, width), np.float32)
 
-        seed = random_seed() if seed is None else int(seed)
         if noise not in ("torch", "numpy"):
             raise UserInputError(f"noise must be 'torch' or 'numpy', got {noise!r}")
-        generator = make_generator(seed, noise)
+        if seeds is None:
+            seed = random_seed() if seed is None else int(seed)
+            seeds, generator = [seed] * (len(prompts) * num_images), make_generator(seed, noise)
+        else:
+            seeds = [int(s) for s in seeds]
+            seed, generator = seeds[0], PerImageGenerators([make_generator(s, noise) for s in seeds])
         job = _Job(prompts, negatives, num_images, num_inference_steps, guidance_scale, sampler, height, width,
                    generator, callback, weighting)
         if mask is not None:
@@ -158,15 +171,15 @@ class Pipeline:
         images = self._decode(final, timings)
 
         extra = _infotext_extras(mode, strength, use_model, outpaint, source, weighting, noise)
+        pairs = [(p, n) for p, n in zip(prompts, negatives) for _ in range(num_images)]
         parameters = [
             imageio.infotext(
-                p, n, steps=num_inference_steps, sampler=a1111_name(sampler), cfg_scale=guidance_scale, seed=seed,
+                p, n, steps=num_inference_steps, sampler=a1111_name(sampler), cfg_scale=guidance_scale, seed=s,
                 width=width, height=height, model_hash=m.model_hash, model=m.source.get("model"), extra=extra,
             )
-            for p, n in zip(prompts, negatives)
-            for _ in range(num_images)
+            for (p, n), s in zip(pairs, seeds)
         ]
-        return GenerationResult(images, final, seed, parameters, timings, mode)
+        return GenerationResult(images, final, seed, parameters, timings, mode, seeds)
 
     def _read_images(self, image: Image.Image | None, mask_image,
                      outpaint) -> tuple[str, Image.Image | None, Image.Image | None]:
@@ -197,7 +210,7 @@ class Pipeline:
     def _txt2img(self, job: _Job, latents: np.ndarray | None):
         m, timings = self.manifest, {}
         # 1. encode the prompts
-        embeddings = self._encode_prompts(job, timings, encodes_image=True)
+        embeddings = self._encode_prompts(job, timings)
 
         # 2. the sampler and the initial noise
         scheduler = self._scheduler(job)
@@ -334,8 +347,8 @@ class Pipeline:
             latents = scheduler.step(noise_pred, t, latents)
             if after_step is not None:
                 latents = after_step(i, latents)
-            if job.callback:
-                job.callback(i, len(timesteps))
+            if job.callback and job.callback(i, len(timesteps)) is True:
+                break  # the caller stopped early (AUTOMATIC1111's interrupt): the latents so far are decoded
         timings["denoise"] = time.perf_counter() - t0
         _check_finite(latents, "the denoising loop")
         return latents

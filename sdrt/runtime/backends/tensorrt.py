@@ -48,12 +48,12 @@ class _Engine:
 
 
 class TensorRTBackend(Backend):
-    def __init__(self, flavour: str = "tensorrt", auto_build: bool = False, cuda_graphs: bool = True,
-                 compute_capabilities: str | None = None):
+    def __init__(self, flavour: str = "tensorrt", auto_build: bool = False, cuda_graphs: bool = True):
         super().__init__()
         self.name = flavour
         self.flavour_name = flavour
-        self.auto_build = auto_build  # build a static engine for a shape no profile covers, instead of failing
+        # build a static engine for a shape no profile covers (and rebuild a damaged engine), instead of failing
+        self.auto_build = auto_build
         self.cuda_graphs = cuda_graphs
         self._engines: dict[str, _Engine] = {}  # by engine key
         self._shape: RunShape | None = None
@@ -76,9 +76,9 @@ class TensorRTBackend(Backend):
 
         self._log = BuildLog()
         self.runtime = self.flavour.trt.Runtime(make_logger(self.flavour, self._log))
-        usable = self._usable_records()
-        for record in usable:
-            self._deserialize(record)
+        for record in self._usable_records():
+            if record["key"] not in self._engines:  # an auto-build rebuild may have loaded it already
+                self._deserialize(record)
         self._ensure_workspace()
         self.device = f"{self.gpu_name} (compute capability {self.gpu_cc}, {self.flavour.label})"
 
@@ -103,15 +103,22 @@ class TensorRTBackend(Backend):
                            (" (TensorRT for RTX cannot target it if it is not among "
                             "7.5, 8.0, 8.6, 8.9, 12.0, 12.1: use backend tensorrt or onnxruntime)" if self.flavour.rtx else ""))
 
-    def _deserialize(self, record: dict) -> None:
+    def _deserialize(self, record: dict, retry: bool = True) -> None:
         path = self.folder / record["file"]
         fix = f"`{build_command(self.folder, self.flavour_name)}` with the same options rebuilds it"
+        problem = None
         if not trusted(self.folder, record, quick=True):
-            raise BackendError(f"engine {path} is missing or truncated (not the size recorded in the manifest); {fix}")
-        engine = self.runtime.deserialize_cuda_engine(path.read_bytes())
-        if engine is None:
-            reason = "; ".join(self._log.errors[-2:]) or "no reason logged"
-            raise BackendError(f"{self.flavour.label} cannot load engine {path} ({reason}); {fix}")
+            problem = "is missing or truncated (not the size recorded in the manifest)"
+        else:
+            engine = self.runtime.deserialize_cuda_engine(path.read_bytes())
+            if engine is None:
+                problem = f"cannot be loaded by {self.flavour.label} ({'; '.join(self._log.errors[-2:]) or 'no reason logged'})"
+        if problem and self.auto_build and retry:
+            log.warning("engine %s %s: rebuilding it", path, problem)
+            self._build([record["component"]], Profile.from_json(record["profile"]), record)
+            return
+        if problem:
+            raise BackendError(f"engine {path} {problem}; {fix}")
         self._engines[record["key"]] = _Engine(self, record, engine)
 
     def new_context(self, eng: _Engine):
@@ -156,22 +163,24 @@ class TensorRTBackend(Backend):
         self._shape = shape
         missing = uncovered(self._records(), self.manifest, shape)
         if missing and self.auto_build:
-            self._build(missing, shape)
+            self._build(missing, static_profile(shape.height, shape.width, shape.batch, shape.chunks * 75))
         elif missing:
             raise BackendError(no_engine_message(self.folder, self.flavour_name, missing[0], self._records(), shape))
 
-    def _build(self, components: list[str], shape: RunShape) -> None:
+    def _build(self, components: list[str], profile: Profile, like: dict | None = None) -> None:
+        """Build engines for ``profile`` on this GPU (``like``: with a damaged engine's options) and load them."""
         from ...engines import build
         from ...manifest import load_manifest
 
-        profile = static_profile(shape.height, shape.width, shape.batch, shape.chunks * 75)
         log.info("auto-build: building %s engines for %s", ", ".join(components), profile.describe())
         targets = (self.gpu_cc,) if self.flavour.rtx else None
-        build(self.folder, self.flavour_name, [profile], compute_capabilities=targets, components=tuple(components))
+        options = {"refit": like["refit"], "cleanup": like["cleanup"]} if like else {}
+        build(self.folder, self.flavour_name, [profile], compute_capabilities=targets, components=tuple(components),
+              **options)
         self.manifest = load_manifest(self.folder)
         for record in self._usable_records():
             if record["key"] not in self._engines:
-                self._deserialize(record)
+                self._deserialize(record, retry=False)
         self._ensure_workspace()
 
     # -- running -------------------------------------------------------------------------------------------
