@@ -42,7 +42,10 @@ setup(
         "tensorrt": ["tensorrt>=10.1", "cuda-bindings>=12.8", "onnx>=1.16", "onnx-graphsurgeon>=0.5"],
         # sdrt bench: the torch reference needs "export" too
         "bench": ["matplotlib>=3.7", "scikit-image>=0.21"],
-        "test": ["pytest>=7", "scipy>=1.10"],  # scipy: diffusers' LMS reference in the parity tests
+        # sdrt serve: AUTOMATIC1111's HTTP API; ray: the same app as Ray Serve replicas
+        "serve": ["fastapi>=0.110", "uvicorn>=0.27", "prometheus-client>=0.19"],
+        "ray": ["ray[serve]>=2.9", "fastapi>=0.110", "uvicorn>=0.27", "prometheus-client>=0.19"],
+        "test": ["pytest>=7", "scipy>=1.10", "httpx>=0.25"],  # scipy: diffusers' LMS reference in the parity tests
     },
     entry_points={"console_scripts": ["sdrt=sdrt.cli:main"]},
 )

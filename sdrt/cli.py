@@ -1,4 +1,4 @@
-"""``sdrt export|build|generate|bench|info``: parses arguments, calls the Python API, prints results.
+"""``sdrt export|build|generate|bench|serve|info``: parses arguments, calls the Python API, prints results.
 
 Errors sdrt raises on purpose are printed as one message (no traceback) with a non-zero exit.
 """
@@ -135,6 +135,45 @@ def cmd_build(args: argparse.Namespace) -> None:
         print(f"{o.component:<13} {o.status:<8} {took:<11} {o.bytes / 1e6:7.1f} MB  {o.file}")
 
 
+def cmd_serve(args: argparse.Namespace) -> None:
+    from .errors import UserInputError
+    from .manifest import load_manifest
+
+    try:
+        from .serve import Limits, ServeOptions, create_app, parse_credentials
+    except ImportError as e:
+        raise UserInputError(f"sdrt serve needs its extra: pip install 'sdrt[serve]' ({e})") from None
+    load_manifest(args.folder)  # a bad folder fails here, in one line, not inside the server
+    options = ServeOptions(backend=args.backend, max_batch=args.max_batch, max_queue=args.max_queue,
+                           timeout=args.timeout)
+    limits = Limits(args.max_pixels, args.max_steps, args.max_images, args.max_body_bytes, args.max_prompt_chars)
+    credentials = parse_credentials(args.api_auth)
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not credentials:
+        log.warning("serving on %s without --api-auth: anyone who can reach it can use it", args.host)
+    if args.ray:
+        import ray
+        from ray import serve
+
+        from .serve.ray_app import deployment
+
+        ray.init(address=args.ray_address, ignore_reinit_error=True)
+        serve.start(http_options={"host": args.host, "port": args.port})
+        serve.run(deployment(str(args.folder), options, limits, credentials, replicas=args.replicas,
+                             max_replicas=args.max_replicas), route_prefix="/")
+        print(f"sdrt serving {args.folder} on Ray Serve at http://{args.host}:{args.port} ({args.replicas} replica(s)); "
+              "Ctrl-C stops", flush=True)
+        try:
+            while True:
+                time.sleep(3600)
+        finally:
+            serve.shutdown()
+        return
+    import uvicorn
+
+    app = create_app(args.folder, options, limits, credentials)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+
+
 def cmd_info(args: argparse.Namespace) -> None:
     from .manifest import load_manifest
 
@@ -246,6 +285,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--work-dir", default="build/bench", help="where exports made for the benchmark go")
     p.add_argument("--out", default="build/bench/report", help="report folder")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("serve", help="an AUTOMATIC1111-compatible HTTP API over an export folder",
+                       description="Binds 127.0.0.1 by default; put TLS in a reverse proxy in front of it.")
+    p.add_argument("folder", help="export folder (from sdrt export)")
+    p.add_argument("--backend", default="onnxruntime", help="as sdrt generate: onnxruntime, openvino[:bf16], tensorrt…, auto")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=7860, help="default 7860, as the WebUI")
+    p.add_argument("--max-batch", type=int, default=4, help="images per joined U-Net batch (default 4)")
+    p.add_argument("--max-queue", type=int, default=64, help="requests waiting before 503 (default 64)")
+    p.add_argument("--timeout", type=float, default=600.0, help="seconds a request may take, waiting included (504)")
+    p.add_argument("--api-auth", metavar="USER:PASSWORD[,…]", help="HTTP Basic credentials, as the WebUI's --api-auth")
+    p.add_argument("--max-pixels", type=int, default=1024 * 1024, help="width x height of one image")
+    p.add_argument("--max-steps", type=int, default=150)
+    p.add_argument("--max-images", type=int, default=8, help="batch_size x n_iter of one request")
+    p.add_argument("--max-body-bytes", type=int, default=20 * 1024 * 1024)
+    p.add_argument("--max-prompt-chars", type=int, default=4000)
+    p.add_argument("--ray", action="store_true", help="run as Ray Serve replicas (pip install 'sdrt[ray]')")
+    p.add_argument("--replicas", default="1", help="Ray replicas: a number, or auto (autoscaling)")
+    p.add_argument("--max-replicas", type=int, default=None, help="upper bound with --replicas auto")
+    p.add_argument("--ray-address", default=None, help="a Ray cluster to join (default: RAY_ADDRESS, or a local Ray)")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("info", help="describe an export folder")
     p.add_argument("folder")

@@ -1,0 +1,265 @@
+"""The FastAPI app: AUTOMATIC1111's routes over one Service, plus /health, /ready and /metrics.
+
+Every user mistake is a 4xx with a message that says what to do (never a traceback); bodies are checked against
+the size limit before they are parsed; requests wait in one bounded queue (503 + Retry-After when full, 504 past
+the timeout) and a client that goes away before its run starts costs nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, ValidationError
+
+from ..errors import SdrtError, UserInputError
+from . import a1111
+from .access import Limits, authorized
+from .batcher import Batcher, QueueFull
+from .service import ServeOptions, Service
+
+log = logging.getLogger("sdrt")
+
+OPEN_PATHS = {"/health", "/ready", "/metrics"}  # no credentials needed (no model output, no control)
+
+
+class _PngInfoRequest(BaseModel):
+    image: str
+
+
+def create_app(folder: str | Path, options: ServeOptions = ServeOptions(), limits: Limits = Limits(),
+               credentials: dict[str, str] | None = None, load_in_background: bool = True) -> FastAPI:
+    credentials = credentials or {}
+    # The service (model, metrics, locks) and the batcher are made in the process that serves, on first need:
+    # a Ray Serve replica receives this app pickled, before anything is loaded.
+    made: dict = {}
+
+    def get_service() -> Service:
+        if "service" not in made:
+            made["service"] = Service(folder, options)
+        return made["service"]
+
+    def get_batcher() -> Batcher:
+        if "batcher" not in made:
+            svc = get_service()
+            made["batcher"] = Batcher(svc.run_batch, svc.max_batch, options.max_queue, svc.on_batch)
+            made["batcher"].start()
+        return made["batcher"]
+
+    async def lifespan(app: FastAPI):
+        loading = asyncio.get_running_loop().run_in_executor(None, get_service().load)
+        if not load_in_background:
+            await loading
+        try:
+            yield
+        finally:
+            if "batcher" in made:
+                await made["batcher"].stop()
+            get_service().close()
+
+    app = FastAPI(title="sdrt", description="AUTOMATIC1111-compatible API on sdrt's runtime", lifespan=lifespan)
+    app.state.get_service = get_service
+
+    # -- errors, limits, access ----------------------------------------------------------------------------
+
+    def error(status: int, detail: str, **headers) -> JSONResponse:
+        return JSONResponse({"error": _ERROR_NAMES.get(status, "Error"), "detail": detail}, status, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError):
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'][1:]) or 'body'}: {e['msg']}" for e in exc.errors())
+        return error(422, f"invalid request: {problems}")
+
+    @app.exception_handler(UserInputError)
+    async def user_error(request: Request, exc: UserInputError):
+        return error(422, str(exc))
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next):
+        started = time.perf_counter()
+        if request.url.path not in OPEN_PATHS and not authorized(request.headers.get("authorization"), credentials):
+            return error(401, "Incorrect username or password", **{"WWW-Authenticate": "Basic"})
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > limits.max_body_bytes:
+            return error(422, f"the request body is {int(declared)} bytes; this server accepts at most "
+                              f"{limits.max_body_bytes} (--max-body-bytes)")
+        response = await call_next(request)
+        response.headers["X-Process-Time"] = f"{time.perf_counter() - started:.4f}"
+        return response
+
+    # -- generation ----------------------------------------------------------------------------------------
+
+    async def generate(request: Request, model: type[a1111._Common], route: str):
+        service, batcher = get_service(), get_batcher()
+        metrics = service.metrics
+        rid = uuid.uuid4().hex[:8]
+        arrived = time.perf_counter()
+        body = await request.body()
+        if len(body) > limits.max_body_bytes:
+            return error(422, f"the request body is {len(body)} bytes; this server accepts at most "
+                              f"{limits.max_body_bytes} (--max-body-bytes)")
+        status, summary, job = 500, {}, None
+        try:
+            try:
+                data = json.loads(body or b"{}")
+                req = model.model_validate(data)
+            except json.JSONDecodeError as e:
+                raise UserInputError(f"the body is not JSON ({e})") from None
+            except ValidationError as e:
+                raise UserInputError("invalid request: " + "; ".join(
+                    f"{'.'.join(str(p) for p in x['loc']) or 'body'}: {x['msg']}" for x in e.errors())) from None
+            summary = {"size": f"{req.width}x{req.height}", "steps": req.steps, "sampler": req.sampler_name or req.sampler_index}
+            if not service.ready:
+                status = 503
+                return error(503, service.error or "the model is still loading; retry shortly", **{"Retry-After": "5"})
+            refused = a1111.refused_fields(req, _options(service))
+            if refused:
+                raise UserInputError(f"sdrt does not implement {', '.join(refused)}: send the default value or "
+                                     "leave the field out")
+            limits.check(req.width, req.height, req.steps, (req.batch_size or 1) * (req.n_iter or 1),
+                         [req.prompt or "", req.negative_prompt or ""])
+            job = a1111.job_of(req)
+            try:
+                future = batcher.submit(job)
+            except QueueFull as e:
+                status = 503
+                return error(503, f"the server is busy ({e}); retry later", **{"Retry-After": "2"})
+            metrics.queue_depth.set(batcher.depth)
+            result = await _wait(request, job, future, options.timeout - (time.perf_counter() - arrived))
+            if result is None:
+                status = 504 if not job.cancelled else 499
+                return error(504, f"the request waited longer than this server's timeout of {options.timeout:.0f} s "
+                                  "(--timeout); retry, or ask for less")
+            status = 200
+            return a1111.response(req, result, service.model_name, service.model_hash)
+        except UserInputError as e:
+            status = 422
+            return error(422, str(e))
+        except SdrtError as e:  # a fault of the model or backend, not of the request
+            status = 500
+            log.error("request %s failed: %s", rid, e)
+            return error(500, str(e))
+        finally:
+            metrics.requests.labels(route, str(status)).inc()
+            metrics.latency.observe(time.perf_counter() - arrived)
+            metrics.queue_depth.set(batcher.depth)
+            queued = (job.started or time.perf_counter()) - job.enqueued if job else 0.0
+            log.info("request %s %s %s steps=%s sampler=%s queue=%.2fs total=%.2fs status=%s", rid, route,
+                     summary.get("size", "?"), summary.get("steps", "?"), summary.get("sampler", "?"), queued,
+                     time.perf_counter() - arrived, status)
+
+    @app.post("/sdapi/v1/txt2img")
+    async def txt2img(request: Request):
+        return await generate(request, a1111.Txt2ImgRequest, "txt2img")
+
+    @app.post("/sdapi/v1/img2img")
+    async def img2img(request: Request):
+        return await generate(request, a1111.Img2ImgRequest, "img2img")
+
+    # -- the rest of A1111's API ---------------------------------------------------------------------------
+
+    @app.get("/sdapi/v1/samplers")
+    async def samplers():
+        return a1111.samplers()
+
+    @app.get("/sdapi/v1/sd-models")
+    async def sd_models():
+        service = get_service()
+        return [{"title": f"{service.model_name} [{service.model_hash}]", "model_name": service.model_name,
+                 "hash": service.model_hash, "sha256": None, "filename": service.folder.name, "config": None}]
+
+    @app.get("/sdapi/v1/options")
+    async def get_options():
+        return _options(get_service())
+
+    @app.post("/sdapi/v1/options")
+    async def set_options(request: Request):
+        service = get_service()
+        try:
+            changes = json.loads(await request.body() or b"{}")
+        except json.JSONDecodeError as e:
+            return error(422, f"the body is not JSON ({e})")
+        if not isinstance(changes, dict):
+            return error(422, "options take a JSON object of option names and values")
+        current = _options(service)
+        model = changes.get("sd_model_checkpoint")
+        if model is not None and model not in (current["sd_model_checkpoint"], service.model_name):
+            return error(422, f"this server serves one model ({current['sd_model_checkpoint']}) and cannot load "
+                              "another; start another sdrt serve for it")
+        ignored = sorted(k for k, v in changes.items() if k != "sd_model_checkpoint" and current.get(k) != v)
+        if ignored:
+            log.info("options not changeable here, ignored: %s", ", ".join(ignored))
+        return {}
+
+    @app.get("/sdapi/v1/progress")
+    async def progress(skip_current_image: bool = False):
+        p = get_service().progress
+        running = bool(p.steps)
+        return {"progress": min(p.fraction(), 1.0) if running else 0.0, "eta_relative": p.eta() if running else 0.0,
+                "state": {"skipped": False, "interrupted": p.interrupted, "stopping_generation": False, "job": p.job,
+                          "job_count": p.job_count if running else 0, "job_timestamp": time.strftime("%Y%m%d%H%M%S"),
+                          "job_no": 0, "sampling_step": p.step, "sampling_steps": p.steps},
+                "current_image": None, "textinfo": None}
+
+    @app.post("/sdapi/v1/interrupt")
+    async def interrupt():
+        get_service().interrupt()
+        return {}
+
+    @app.post("/sdapi/v1/png-info")
+    async def png_info(body: _PngInfoRequest):
+        return a1111.png_info(body.image)
+
+    # -- operations ----------------------------------------------------------------------------------------
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok"}
+
+    @app.get("/ready")
+    async def ready():
+        service = get_service()
+        if service.ready:
+            return {"status": "ready", "backend": service.pipe.backend.name, "device": service.pipe.backend.device}
+        return JSONResponse({"status": "failed" if service.error else "loading", "detail": service.error}, 503)
+
+    @app.get("/metrics")
+    async def prometheus():
+        return Response(generate_latest(get_service().metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+_ERROR_NAMES = {401: "Unauthorized", 422: "UnprocessableEntity", 500: "InternalServerError", 503: "ServiceUnavailable",
+                504: "GatewayTimeout"}
+
+
+def _options(service: Service) -> dict:
+    return {"sd_model_checkpoint": f"{service.model_name} [{service.model_hash}]", "sd_checkpoint_hash": None,
+            "CLIP_stop_at_last_layers": 1, "eta_noise_seed_delta": 0, "samples_format": "png", "sd_vae": "Automatic",
+            "eta_ancestral": 1.0, "eta_ddim": 0.0}
+
+
+async def _wait(request: Request, job, future: asyncio.Future, timeout: float):
+    """The job's result; None past the timeout or when the client went away (the job is then dropped if it has
+    not started: a queued request that nobody waits for costs nothing)."""
+    deadline = time.perf_counter() + max(timeout, 0.0)
+    while True:
+        remaining = deadline - time.perf_counter()
+        if remaining <= 0:
+            job.cancelled = True
+            return None
+        done, _ = await asyncio.wait({future}, timeout=min(remaining, 0.5))
+        if done:
+            return future.result()
+        if await request.is_disconnected():
+            job.cancelled = True
+            return None

@@ -1,0 +1,190 @@
+"""The service behind the HTTP routes: one Pipeline, loaded once, run by the batcher; progress, interrupt, metrics.
+
+It only translates jobs to ``Pipeline`` calls and back (the loop stays the runtime's): a joined batch is one call
+with one prompt and one seed per image.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from ..runtime import GenerationResult, Pipeline
+from .batcher import Job
+
+log = logging.getLogger("sdrt")
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    backend: str = "onnxruntime"
+    max_batch: int = 4  # images per joined pipeline run
+    max_queue: int = 64  # requests waiting
+    timeout: float = 600.0  # seconds a request may take, waiting included: 504 past it
+    warmup: bool = True  # one small run at start-up, so /ready means warm
+
+
+@dataclass
+class Progress:
+    """What /sdapi/v1/progress reports about the running batch."""
+    job: str = ""
+    job_count: int = 0
+    step: int = 0
+    steps: int = 0
+    started: float = 0.0
+    interrupted: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def fraction(self) -> float:
+        return self.step / self.steps if self.steps else 0.0
+
+    def eta(self) -> float:
+        done = self.fraction()
+        return (time.perf_counter() - self.started) * (1 - done) / done if done else 0.0
+
+
+class Metrics:
+    def __init__(self):
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.queue_depth = Gauge("sdrt_queue_depth", "requests waiting", registry=r)
+        self.requests = Counter("sdrt_requests_total", "requests answered, by route and status", ["route", "status"],
+                                registry=r)
+        self.batch_images = Histogram("sdrt_batch_images", "images per pipeline run", buckets=(1, 2, 3, 4, 6, 8, 16),
+                                      registry=r)
+        self.batch_requests = Histogram("sdrt_batch_requests", "requests joined per pipeline run",
+                                        buckets=(1, 2, 3, 4, 6, 8, 16), registry=r)
+        buckets = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+        self.queue_wait = Histogram("sdrt_queue_wait_seconds", "time from arrival to the start of its run", buckets=buckets,
+                                    registry=r)
+        self.latency = Histogram("sdrt_request_seconds", "time from arrival to the answer", buckets=buckets, registry=r)
+        self.images = Counter("sdrt_images_total", "images generated", registry=r)
+        self.component_calls = Counter("sdrt_component_calls_total", "backend calls by component", ["component"],
+                                       registry=r)
+
+
+class Service:
+    def __init__(self, folder: str | Path, options: ServeOptions):
+        self.folder, self.options = Path(folder), options
+        self.pipe: Pipeline | None = None
+        self.ready = False
+        self.error: str | None = None  # why loading failed
+        self.progress = Progress()
+        self.metrics = Metrics()
+        self._loading = threading.Lock()
+
+    # -- start-up ------------------------------------------------------------------------------------------
+
+    def load(self) -> None:
+        """Load the export once (and warm the backend up); blocking, run off the event loop. Idempotent."""
+        with self._loading:
+            if not self.ready:
+                self._load()
+
+    def _load(self) -> None:
+        try:
+            pipe = Pipeline.load(self.folder, backend=self.options.backend)
+            calls = self.metrics.component_calls
+            run = pipe.backend.run
+
+            def counted(component, feeds):
+                calls.labels(component).inc()
+                return run(component, feeds)
+
+            pipe.backend.run = counted
+            if self.options.warmup:
+                size = pipe.manifest.default_size
+                pipe("warm-up", num_inference_steps=1, height=size, width=size, seed=0)
+            self.pipe, self.ready = pipe, True
+            log.info("serving %s on %s (%s)", self.folder, pipe.backend.name, pipe.backend.device)
+        except Exception as e:
+            self.error = str(e)
+            log.error("cannot serve %s: %s", self.folder, e)
+            raise
+
+    def close(self) -> None:
+        if self.pipe is not None:
+            self.pipe.close()
+
+    @property
+    def model_name(self) -> str:
+        source = self.pipe.manifest.source.get("model") if self.pipe else None
+        return Path(str(source)).stem if source else self.folder.name
+
+    @property
+    def model_hash(self) -> str:
+        return self.pipe.manifest.model_hash if self.pipe else ""
+
+    @property
+    def max_batch(self) -> int:
+        return min(self.options.max_batch, self.pipe.manifest.max_batch) if self.pipe else self.options.max_batch
+
+    # -- running ------------------------------------------------------------------------------------------
+
+    def on_batch(self, jobs: list[Job]) -> None:
+        self.metrics.batch_images.observe(sum(j.images for j in jobs))
+        self.metrics.batch_requests.observe(len(jobs))
+        for job in jobs:
+            self.metrics.queue_wait.observe(job.started - job.enqueued)
+
+    def interrupt(self) -> None:
+        with self.progress.lock:
+            self.progress.interrupted = True
+
+    def run_batch(self, jobs: list[Job]) -> list[GenerationResult]:
+        """One pipeline call for jobs that share a key (a single large job runs in max_batch-sized pieces);
+        returns each job's own result."""
+        params = jobs[0].params
+        prompts = [p for j in jobs for p in j.prompts]
+        negatives = [n for j in jobs for n in j.negatives]
+        seeds = [s for j in jobs for s in j.seeds]
+        # img2img runs one image per call (its draws are not per-image); txt2img joins up to max_batch images
+        image_mode = params.get("image") is not None
+        size = 1 if image_mode else self.max_batch
+        pieces = range(0, len(seeds), size)
+        with self.progress.lock:
+            self.progress.job = f"batch of {len(jobs)} request(s), {len(seeds)} image(s)"
+            self.progress.job_count, self.progress.step = len(pieces), 0
+            self.progress.steps = params.get("num_inference_steps", 0) * len(pieces)
+            self.progress.started, self.progress.interrupted = time.perf_counter(), False
+        results = []
+        for start in pieces:
+            part = slice(start, start + size)
+            results.append(self.pipe(
+                prompt=prompts[part], negative_prompt=negatives[part], num_images=1,
+                seed=seeds[part][0] if image_mode else seeds[part], callback=self._step, **params))
+        with self.progress.lock:
+            self.progress.job, self.progress.steps, self.progress.step = "", 0, 0
+        merged = _merge(results)
+        self.metrics.images.inc(len(merged.images))
+        out, at = [], 0
+        for job in jobs:
+            out.append(_slice(merged, at, at + job.images))
+            at += job.images
+        return out
+
+    def _step(self, i: int, total: int) -> bool:
+        with self.progress.lock:
+            self.progress.step += 1
+            return self.progress.interrupted  # True stops the loop; the latents so far are decoded (as A1111)
+
+
+def _merge(results: list[GenerationResult]) -> GenerationResult:
+    if len(results) == 1:
+        return results[0]
+    import numpy as np
+
+    first = results[0]
+    return GenerationResult([i for r in results for i in r.images], np.concatenate([r.latents for r in results]),
+                            first.seed, [p for r in results for p in r.parameters], first.timings, first.mode,
+                            [s for r in results for s in r.seeds])
+
+
+def _slice(result: GenerationResult, start: int, stop: int) -> GenerationResult:
+    return GenerationResult(result.images[start:stop], result.latents[start:stop], result.seeds[start],
+                            result.parameters[start:stop], result.timings, result.mode, result.seeds[start:stop])
