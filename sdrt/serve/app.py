@@ -139,7 +139,8 @@ def create_app(folder: str | Path, options: ServeOptions = ServeOptions(), limit
                 return error(504, f"the request waited longer than this server's timeout of {options.timeout:.0f} s "
                                   "(--timeout); retry, or ask for less")
             status = 200
-            return a1111.response(req, result, service.model_name, service.model_hash)
+            return JSONResponse(a1111.response(req, result, service.model_name, service.model_hash),
+                                headers={"X-Queue-Wait": f"{job.started - job.enqueued:.4f}"})
         except UserInputError as e:
             status = 422
             return error(422, str(e))
