@@ -33,11 +33,8 @@ def loaded(export_dir, tmp_path_factory):
         b.close()
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_every_graph_matches_pytorch(loaded, reference_pipeline, precision):
-    backend = loaded[0][precision]
-    pipe = reference_pipeline("tiny")
-    for graph in component_graphs(pipe, FAMILIES["sd1"]):
+def _check_graphs_against_pytorch(backend, reference_pipeline, tolerance: str) -> None:
+    for graph in component_graphs(reference_pipeline("tiny"), FAMILIES["sd1"]):
         inputs = graph.make_inputs(Shape(batch=1, latent_h=8, latent_w=12), torch.Generator().manual_seed(3))
         with torch.no_grad():
             expected = graph.module(*inputs.values())
@@ -46,7 +43,12 @@ def test_every_graph_matches_pytorch(loaded, reference_pipeline, precision):
         for spec, ref in zip(graph.outputs, expected):
             ref = ref.numpy()
             rel = np.abs(got[spec.name] - ref).max() / np.abs(ref).max()
-            assert rel < TOLERANCE[precision], f"{graph.name}.{spec.name}: relative error {rel:.2e} ({precision})"
+            assert rel < TOLERANCE[tolerance], f"{graph.name}.{spec.name}: relative error {rel:.2e} ({tolerance})"
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_every_graph_matches_pytorch(loaded, reference_pipeline, precision):
+    _check_graphs_against_pytorch(loaded[0][precision], reference_pipeline, precision)
 
 
 def test_images_match_diffusers(export_dir, reference_pipeline):
@@ -105,15 +107,7 @@ def test_cache_misses_then_hits_keyed_on_precision_and_shape(export_dir, referen
 def test_int8_weights_match_pytorch_and_are_compressed_once(export_dir, reference_pipeline, tmp_path):
     folder = export_dir("tiny")
     backend = OpenVinoBackend(cache_dir=tmp_path, weights="int8").load(folder, load_manifest(folder))
-    for graph in component_graphs(reference_pipeline("tiny"), FAMILIES["sd1"]):
-        inputs = graph.make_inputs(Shape(batch=1, latent_h=8, latent_w=12), torch.Generator().manual_seed(3))
-        with torch.no_grad():
-            expected = graph.module(*inputs.values())
-        expected = expected if isinstance(expected, tuple) else (expected,)
-        got = backend.run(graph.name, {k: v.numpy() for k, v in inputs.items()})
-        for spec, ref in zip(graph.outputs, expected):
-            rel = np.abs(got[spec.name] - ref.numpy()).max() / np.abs(ref.numpy()).max()
-            assert rel < TOLERANCE["int8"], f"{graph.name}.{spec.name}: relative error {rel:.2e} (int8 weights)"
+    _check_graphs_against_pytorch(backend, reference_pipeline, "int8")
     backend.close()
     irs = sorted(tmp_path.glob("*-int8-*/*.xml"))
     assert [p.stem for p in irs] == sorted(["text_encoder", "unet", "vae_decoder", "vae_encoder"])

@@ -261,6 +261,23 @@ def test_queue_full_and_timeout(folder):
         server.close()
 
 
+def test_a_client_that_leaves_costs_nothing(folder):
+    server = Server(folder, "--max-batch", "1")
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            running = pool.submit(server.client.post, "/sdapi/v1/txt2img",
+                                  json={"prompt": "stays", "seed": 1, "width": 256, "height": 256, "steps": 60})
+            time.sleep(0.5)
+            with pytest.raises(httpx.ReadTimeout):  # queued behind the first, then gone
+                server.client.post("/sdapi/v1/txt2img", json={"prompt": "leaves", "seed": 2, **SMALL}, timeout=0.5)
+            assert running.result(timeout=120).status_code == 200
+        time.sleep(1.0)
+        assert _metric(server, "sdrt_images_total") == 1  # the request that left was never run
+    finally:
+        log = server.log()
+    assert "status=499" in log
+
+
 def test_api_auth(folder):
     server = Server(folder, "--api-auth", "alice:s3cret,bob:hunter2")
     try:

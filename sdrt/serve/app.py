@@ -82,18 +82,7 @@ def create_app(folder: str | Path, options: ServeOptions = ServeOptions(), limit
     async def user_error(request: Request, exc: UserInputError):
         return error(422, str(exc))
 
-    @app.middleware("http")
-    async def guard(request: Request, call_next):
-        started = time.perf_counter()
-        if request.url.path not in OPEN_PATHS and not authorized(request.headers.get("authorization"), credentials):
-            return error(401, "Incorrect username or password", **{"WWW-Authenticate": "Basic"})
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > limits.max_body_bytes:
-            return error(422, f"the request body is {int(declared)} bytes; this server accepts at most "
-                              f"{limits.max_body_bytes} (--max-body-bytes)")
-        response = await call_next(request)
-        response.headers["X-Process-Time"] = f"{time.perf_counter() - started:.4f}"
-        return response
+    app.add_middleware(_Guard, credentials=credentials, max_body_bytes=limits.max_body_bytes)
 
     # -- generation ----------------------------------------------------------------------------------------
 
@@ -237,6 +226,38 @@ def create_app(folder: str | Path, options: ServeOptions = ServeOptions(), limit
         return Response(generate_latest(get_service().metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+class _Guard:
+    """Access control and the body-size limit, before anything else reads the request; a plain ASGI middleware
+    (Starlette's BaseHTTPMiddleware would hide a client's disconnect from the routes)."""
+
+    def __init__(self, app, credentials: dict[str, str], max_body_bytes: int):
+        self.app, self.credentials, self.max_body_bytes = app, credentials, max_body_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        refusal = None
+        if scope["path"] not in OPEN_PATHS and not authorized(headers.get("authorization"), self.credentials):
+            refusal = JSONResponse({"error": "Unauthorized", "detail": "Incorrect username or password"}, 401,
+                                   headers={"WWW-Authenticate": "Basic"})
+        elif headers.get("content-length", "").isdigit() and int(headers["content-length"]) > self.max_body_bytes:
+            refusal = JSONResponse({"error": "UnprocessableEntity", "detail": (
+                f"the request body is {headers['content-length']} bytes; this server accepts at most "
+                f"{self.max_body_bytes} (--max-body-bytes)")}, 422)
+        if refusal is not None:
+            return await refusal(scope, receive, send)
+        started = time.perf_counter()
+
+        async def timed_send(message):
+            if message["type"] == "http.response.start":
+                message.setdefault("headers", []).append(
+                    (b"x-process-time", f"{time.perf_counter() - started:.4f}".encode()))
+            await send(message)
+
+        await self.app(scope, receive, timed_send)
 
 
 _ERROR_NAMES = {401: "Unauthorized", 422: "UnprocessableEntity", 500: "InternalServerError", 503: "ServiceUnavailable",

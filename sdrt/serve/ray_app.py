@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 
+import ray
 from ray import serve
 
 from .access import Limits
@@ -20,10 +21,12 @@ def deployment(folder: str, options: ServeOptions = ServeOptions(), limits: Limi
                credentials: dict[str, str] | None = None, replicas: int | str = 1, max_replicas: int | None = None,
                gpus: float | None = None, cpus: float = 1.0):
     """A bound Ray Serve application. ``replicas``: a fixed count, or ``"auto"`` for autoscaling between 1 and
-    ``max_replicas``; ``gpus``: per replica (default 1 where the backend is a TensorRT flavour, else 0)."""
+    ``max_replicas``; ``gpus`` per replica: by default one where the Ray cluster has GPUs (or the backend is a
+    TensorRT flavour), none otherwise."""
     app = create_app(folder, options, limits, credentials, load_in_background=False)
     if gpus is None:
-        gpus = 1.0 if options.backend.startswith(("tensorrt", "trt")) else 0.0
+        has_gpus = ray.is_initialized() and ray.cluster_resources().get("GPU", 0) >= 1
+        gpus = 1.0 if has_gpus or options.backend.startswith(("tensorrt", "trt")) else 0.0
     scaling = ({"autoscaling_config": {"min_replicas": 1, "max_replicas": max_replicas or 4,
                                        "target_ongoing_requests": options.max_batch}}
                if replicas == "auto" else {"num_replicas": int(replicas)})
