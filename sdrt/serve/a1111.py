@@ -117,13 +117,14 @@ HONOURED = {
     "cfg_scale", "width", "height", "denoising_strength", "init_images", "mask", "inpainting_mask_invert", "send_images",
     "include_init_images", "eta", "override_settings",
     "do_not_save_samples", "do_not_save_grid", "override_settings_restore_afterwards", "disable_extra_networks",
-    "comments", "force_task_id", "inpaint_full_res_padding", "mask_round",
+    "comments", "force_task_id", "inpaint_full_res_padding",
 }
 _NEUTRAL = (None, False, 0, "", [], {})
 _SPECIFIC = {  # neutral values besides the generic ones
     "seed_resize_from_h": (-1,), "seed_resize_from_w": (-1,), "subseed": None,  # subseed: any, without strength
     "s_noise": (1.0,), "mask_blur_x": (4,), "mask_blur_y": (4,), "mask_blur": (4,), "inpaint_full_res": (True,),
     "initial_noise_multiplier": (1.0,), "resize_mode": (0,), "inpainting_fill": (1,), "script_args": None,
+    "mask_round": (True,),  # sdrt binarizes masks at 0.5, as A1111's mask_round
 }
 _HIRES = {"denoising_strength", "firstphase_width", "firstphase_height", "hr_scale", "hr_upscaler",
           "hr_second_pass_steps", "hr_resize_x", "hr_resize_y", "hr_checkpoint_name", "hr_sampler_name",
