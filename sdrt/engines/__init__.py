@@ -74,19 +74,21 @@ def build(folder: str | Path, backend: str = "tensorrt-rtx", profiles: list[Prof
             comp = manifest.components[name]
             spec = EngineSpec(name, comp.sha256, comp.precision, flavour.name, flavour.version, targets, profile,
                               component_shapes(manifest, name, profile), refit, cleanup)
-            outcomes.append(_build_one(folder, manifest, flavour, spec, force))
-            manifest = load_manifest(folder)  # re-read: the record was just added
+            outcome, manifest = _build_one(folder, manifest, flavour, spec, force)
+            outcomes.append(outcome)
     return outcomes
 
 
-def _build_one(folder: Path, manifest: Manifest, flavour, spec: EngineSpec, force: bool) -> BuildOutcome:
+def _build_one(folder: Path, manifest: Manifest, flavour, spec: EngineSpec,
+               force: bool) -> tuple[BuildOutcome, Manifest]:
+    """The engine of ``spec`` from the cache or the builder, and the manifest as it now stands."""
     from .builder import BuildRequest, build_engine
 
     path = folder / spec.file
     record = manifest.engines.get(spec.key)
     if not force and trusted(folder, record):
         log.info("%s %s: cached (%s)", spec.component, spec.profile.label, path.name)
-        return BuildOutcome(spec.component, spec.profile, path, "cached", 0.0, record["bytes"])
+        return BuildOutcome(spec.component, spec.profile, path, "cached", 0.0, record["bytes"]), manifest
     status = "rebuilt" if path.exists() else "built"
     if status == "rebuilt":
         log.warning("%s does not match its manifest record (truncated, corrupt or unrecorded): rebuilding", path)
@@ -98,7 +100,8 @@ def _build_one(folder: Path, manifest: Manifest, flavour, spec: EngineSpec, forc
     write_bytes(path, result.plan)
     record = spec.record(sha256_file(path), len(result.plan), result.seconds, result.log, result.nodes)
     latest = load_manifest(folder)  # another build may have recorded its engines meanwhile
-    latest.with_engines({**latest.engines, spec.key: record}).save(folder)
+    latest = latest.with_engines({**latest.engines, spec.key: record})
+    latest.save(folder)
     log.info("%s %s: %s in %.1f s (%.1f MB)", spec.component, spec.profile.label, status, result.seconds,
              len(result.plan) / 1e6)
-    return BuildOutcome(spec.component, spec.profile, path, status, result.seconds, len(result.plan))
+    return BuildOutcome(spec.component, spec.profile, path, status, result.seconds, len(result.plan)), latest

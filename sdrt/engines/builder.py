@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import SdrtError
+from ..fileio import write_bytes
 from .flavours import Flavour
 
 log = logging.getLogger("sdrt")
@@ -148,7 +149,7 @@ def build_engine(flavour: Flavour, request: BuildRequest) -> BuildResult:
         hint = _hint(flavour, request, reason)
         raise EngineBuildError(f"{flavour.label} failed to build an engine from {request.onnx_path}: {reason}.{hint}")
     if timing_cache is not None:
-        _save_timing_cache(timing_cache, request.timing_cache)
+        write_bytes(request.timing_cache, bytes(timing_cache.serialize()))
     return BuildResult(bytes(plan), seconds, build_log.summary(), nodes)
 
 
@@ -170,12 +171,6 @@ def _attach_timing_cache(flavour: Flavour, config, path: Path | None):
     cache = config.create_timing_cache(data)
     config.set_timing_cache(cache, ignore_mismatch=False)
     return cache
-
-
-def _save_timing_cache(cache, path: Path) -> None:
-    from ..fileio import write_bytes
-
-    write_bytes(path, bytes(cache.serialize()))
 
 
 def _hint(flavour: Flavour, request: BuildRequest, reason: str) -> str:

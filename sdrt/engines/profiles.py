@@ -44,10 +44,6 @@ class Profile:
         text = f"batch {span(self.batch)}, height {span(self.height)}, width {span(self.width)}"
         return text + (f", up to {self.chunks[2] * 75} prompt tokens" if self.chunks[2] > 1 else "")
 
-    def covers(self, batch: int, height: int, width: int, chunks: int = 1) -> bool:
-        return all(r[0] <= v <= r[2] for r, v in
-                   ((self.batch, batch), (self.height, height), (self.width, width), (self.chunks, chunks)))
-
     def to_json(self) -> dict:
         return {"batch": list(self.batch), "height": list(self.height), "width": list(self.width),
                 "chunks": list(self.chunks)}

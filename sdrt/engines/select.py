@@ -32,10 +32,15 @@ def pick(records: list[dict], component: str, shapes: dict[str, tuple[int, ...]]
     return min(fitting, key=profile_width) if fitting else None
 
 
+def profile_for(shape) -> Profile:
+    """The static profile of exactly one pipeline call (``RunShape``): what auto-build builds for it."""
+    return static_profile(shape.height, shape.width, shape.batch, shape.chunks * 75)
+
+
 def uncovered(records: list[dict], manifest: Manifest, shape) -> list[str]:
     """The components of a pipeline call (``RunShape``) that no engine covers, judged on the component's own
     input shapes (a text encoder engine serves every image size), with and without guidance's doubled batch."""
-    wanted = static_profile(shape.height, shape.width, shape.batch, shape.chunks * 75)
+    wanted = profile_for(shape)
     needed = PIPELINE_COMPONENTS + (("vae_encoder",) if shape.encodes_image else ())
     missing = []
     for component in needed:

@@ -36,11 +36,14 @@ class EngineSpec:
     cleanup: bool = True
 
     @property
+    def shapes_json(self) -> dict:
+        return {k: [list(s) for s in v] for k, v in self.shapes.items()}
+
+    @property
     def key(self) -> str:
         text = json.dumps({
             "format": KEY_FORMAT, "onnx": self.onnx_sha256, "precision": self.precision, "flavour": self.flavour,
-            "version": self.version, "targets": list(self.targets), "shapes": {k: [list(s) for s in v] for k, v in
-                                                                              sorted(self.shapes.items())},
+            "version": self.version, "targets": list(self.targets), "shapes": self.shapes_json,
             "refit": self.refit, "cleanup": self.cleanup,
         }, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:20]
@@ -53,7 +56,7 @@ class EngineSpec:
         return {
             "component": self.component, "file": self.file, "key": self.key, "flavour": self.flavour,
             "version": self.version, "targets": list(self.targets), "precision": self.precision,
-            "profile": self.profile.to_json(), "shapes": {k: [list(s) for s in v] for k, v in self.shapes.items()},
+            "profile": self.profile.to_json(), "shapes": self.shapes_json,
             "refit": self.refit, "cleanup": self.cleanup, "onnx_sha256": self.onnx_sha256,
             "sha256": sha256, "bytes": size, "build_seconds": round(seconds, 2), "builder_log": log,
             "graph_nodes": {"exported": nodes[0], "cleaned": nodes[1]},

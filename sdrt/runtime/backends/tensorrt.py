@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from ...engines.flavours import load_flavour, local_gpu
-from ...engines.profiles import Profile, static_profile
-from ...engines.select import build_command, no_engine_message, pick, uncovered
+from ...engines.profiles import Profile
+from ...engines.select import build_command, no_engine_message, pick, profile_for, uncovered
 from ...engines.store import engine_records, trusted
 from ...errors import BackendError
 from ...fileio import write_bytes
@@ -56,6 +56,7 @@ class TensorRTBackend(Backend):
         self.auto_build = auto_build
         self.cuda_graphs = cuda_graphs
         self._engines: dict[str, _Engine] = {}  # by engine key
+        self._chosen: dict[tuple, _Engine] = {}  # (component, input shapes) -> engine: chosen once, not every step
         self._shape: RunShape | None = None
         self._workspace, self._workspace_size = 0, 0
         self._runtime_caches: dict[str, object] = {}
@@ -135,7 +136,7 @@ class TensorRTBackend(Backend):
         if path.is_file() and not cache.deserialize(path.read_bytes()):
             log.warning("runtime cache %s does not fit this GPU, driver or version; starting a new one", path)
         config.set_runtime_cache(cache)
-        if self.cuda_graphs and Profile.from_json(eng.record["profile"]).static:
+        if self.cuda_graphs and eng.profile.static:
             config.cuda_graph_strategy = trt.CudaGraphStrategy.WHOLE_GRAPH_CAPTURE
         self._runtime_caches[eng.record["key"]] = (cache, path)
         return eng.engine.create_execution_context(config)
@@ -163,7 +164,7 @@ class TensorRTBackend(Backend):
         self._shape = shape
         missing = uncovered(self._records(), self.manifest, shape)
         if missing and self.auto_build:
-            self._build(missing, static_profile(shape.height, shape.width, shape.batch, shape.chunks * 75))
+            self._build(missing, profile_for(shape))
         elif missing:
             raise BackendError(no_engine_message(self.folder, self.flavour_name, missing[0], self._records(), shape))
 
@@ -181,17 +182,21 @@ class TensorRTBackend(Backend):
         for record in self._usable_records():
             if record["key"] not in self._engines:
                 self._deserialize(record, retry=False)
+        self._chosen.clear()  # a new engine may fit a shape better
         self._ensure_workspace()
 
     # -- running -------------------------------------------------------------------------------------------
 
     def run_impl(self, component: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         shapes = {k: v.shape for k, v in feeds.items()}
-        record = pick(self._records(), component, shapes)
-        if record is None:
-            raise BackendError(no_engine_message(self.folder, self.flavour_name, component, self._records(), self._shape))
-        eng = self._engines[record["key"]]
         signature = tuple(sorted(shapes.items()))
+        eng = self._chosen.get((component, signature))
+        if eng is None:
+            record = pick(self._records(), component, shapes)
+            if record is None:
+                raise BackendError(no_engine_message(self.folder, self.flavour_name, component, self._records(),
+                                                     self._shape))
+            eng = self._chosen[(component, signature)] = self._engines[record["key"]]
         buffers = self._buffers(eng, signature, feeds)
         staged = [np.ascontiguousarray(value, dtype=eng.dtypes[name]) for name, value in feeds.items()]
         for name, host in zip(feeds, staged):  # ``staged`` stays alive until the stream is synchronized
