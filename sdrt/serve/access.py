@@ -18,6 +18,11 @@ class Limits:
     max_body_bytes: int = 20 * 1024 * 1024  # the request body, base64 images included
     max_prompt_chars: int = 4000
 
+    def check_body(self, nbytes: int) -> None:
+        if nbytes > self.max_body_bytes:
+            raise UserInputError(f"the request body is {nbytes} bytes; this server accepts at most "
+                                 f"{self.max_body_bytes} (--max-body-bytes)")
+
     def check(self, width: int, height: int, steps: int, images: int, prompts: list[str]) -> None:
         """Each violation says the limit (a 422)."""
         if width * height > self.max_pixels:

@@ -70,19 +70,15 @@ def create_app(folder: str | Path, options: ServeOptions = ServeOptions(), limit
 
     # -- errors, limits, access ----------------------------------------------------------------------------
 
-    def error(status: int, detail: str, **headers) -> JSONResponse:
-        return JSONResponse({"error": _ERROR_NAMES.get(status, "Error"), "detail": detail}, status, headers=headers)
-
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'][1:]) or 'body'}: {e['msg']}" for e in exc.errors())
-        return error(422, f"invalid request: {problems}")
+        return _error(422, _invalid(exc.errors()))
 
     @app.exception_handler(UserInputError)
     async def user_error(request: Request, exc: UserInputError):
-        return error(422, str(exc))
+        return _error(422, str(exc))
 
-    app.add_middleware(_Guard, credentials=credentials, max_body_bytes=limits.max_body_bytes)
+    app.add_middleware(_Guard, credentials=credentials, limits=limits)
 
     # -- generation ----------------------------------------------------------------------------------------
 
@@ -91,24 +87,21 @@ def create_app(folder: str | Path, options: ServeOptions = ServeOptions(), limit
         metrics = service.metrics
         rid = uuid.uuid4().hex[:8]
         arrived = time.perf_counter()
-        body = await request.body()
-        if len(body) > limits.max_body_bytes:
-            return error(422, f"the request body is {len(body)} bytes; this server accepts at most "
-                              f"{limits.max_body_bytes} (--max-body-bytes)")
         status, summary, job = 500, {}, None
         try:
+            body = await request.body()
+            limits.check_body(len(body))  # a body sent without a Content-Length gets here unchecked
             try:
                 data = json.loads(body or b"{}")
                 req = model.model_validate(data)
             except json.JSONDecodeError as e:
                 raise UserInputError(f"the body is not JSON ({e})") from None
             except ValidationError as e:
-                raise UserInputError("invalid request: " + "; ".join(
-                    f"{'.'.join(str(p) for p in x['loc']) or 'body'}: {x['msg']}" for x in e.errors())) from None
+                raise UserInputError(_invalid(e.errors())) from None
             summary = {"size": f"{req.width}x{req.height}", "steps": req.steps, "sampler": req.sampler_name or req.sampler_index}
             if not service.ready:
                 status = 503
-                return error(503, service.error or "the model is still loading; retry shortly", **{"Retry-After": "5"})
+                return _error(503, service.error or "the model is still loading; retry shortly", **{"Retry-After": "5"})
             refused = a1111.refused_fields(req, _options(service))
             if refused:
                 raise UserInputError(f"sdrt does not implement {', '.join(refused)}: send the default value or "
@@ -120,23 +113,23 @@ def create_app(folder: str | Path, options: ServeOptions = ServeOptions(), limit
                 future = batcher.submit(job)
             except QueueFull as e:
                 status = 503
-                return error(503, f"the server is busy ({e}); retry later", **{"Retry-After": "2"})
+                return _error(503, f"the server is busy ({e}); retry later", **{"Retry-After": "2"})
             metrics.queue_depth.set(batcher.depth)
             result = await _wait(request, job, future, options.timeout - (time.perf_counter() - arrived))
             if result is None:
                 status = 504 if not job.cancelled else 499
-                return error(504, f"the request waited longer than this server's timeout of {options.timeout:.0f} s "
+                return _error(504, f"the request waited longer than this server's timeout of {options.timeout:.0f} s "
                                   "(--timeout); retry, or ask for less")
             status = 200
             return JSONResponse(a1111.response(req, result, service.model_name, service.model_hash),
                                 headers={"X-Queue-Wait": f"{job.started - job.enqueued:.4f}"})
         except UserInputError as e:
             status = 422
-            return error(422, str(e))
+            return _error(422, str(e))
         except SdrtError as e:  # a fault of the model or backend, not of the request
             status = 500
             log.error("request %s failed: %s", rid, e)
-            return error(500, str(e))
+            return _error(500, str(e))
         finally:
             metrics.requests.labels(route, str(status)).inc()
             metrics.latency.observe(time.perf_counter() - arrived)
@@ -176,13 +169,13 @@ def create_app(folder: str | Path, options: ServeOptions = ServeOptions(), limit
         try:
             changes = json.loads(await request.body() or b"{}")
         except json.JSONDecodeError as e:
-            return error(422, f"the body is not JSON ({e})")
+            return _error(422, f"the body is not JSON ({e})")
         if not isinstance(changes, dict):
-            return error(422, "options take a JSON object of option names and values")
+            return _error(422, "options take a JSON object of option names and values")
         current = _options(service)
         model = changes.get("sd_model_checkpoint")
         if model is not None and model not in (current["sd_model_checkpoint"], service.model_name):
-            return error(422, f"this server serves one model ({current['sd_model_checkpoint']}) and cannot load "
+            return _error(422, f"this server serves one model ({current['sd_model_checkpoint']}) and cannot load "
                               "another; start another sdrt serve for it")
         ignored = sorted(k for k, v in changes.items() if k != "sd_model_checkpoint" and current.get(k) != v)
         if ignored:
@@ -232,8 +225,8 @@ class _Guard:
     """Access control and the body-size limit, before anything else reads the request; a plain ASGI middleware
     (Starlette's BaseHTTPMiddleware would hide a client's disconnect from the routes)."""
 
-    def __init__(self, app, credentials: dict[str, str], max_body_bytes: int):
-        self.app, self.credentials, self.max_body_bytes = app, credentials, max_body_bytes
+    def __init__(self, app, credentials: dict[str, str], limits: Limits):
+        self.app, self.credentials, self.limits = app, credentials, limits
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -241,12 +234,12 @@ class _Guard:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         refusal = None
         if scope["path"] not in OPEN_PATHS and not authorized(headers.get("authorization"), self.credentials):
-            refusal = JSONResponse({"error": "Unauthorized", "detail": "Incorrect username or password"}, 401,
-                                   headers={"WWW-Authenticate": "Basic"})
-        elif headers.get("content-length", "").isdigit() and int(headers["content-length"]) > self.max_body_bytes:
-            refusal = JSONResponse({"error": "UnprocessableEntity", "detail": (
-                f"the request body is {headers['content-length']} bytes; this server accepts at most "
-                f"{self.max_body_bytes} (--max-body-bytes)")}, 422)
+            refusal = _error(401, "Incorrect username or password", **{"WWW-Authenticate": "Basic"})
+        elif headers.get("content-length", "").isdigit():
+            try:
+                self.limits.check_body(int(headers["content-length"]))
+            except UserInputError as e:
+                refusal = _error(422, str(e))
         if refusal is not None:
             return await refusal(scope, receive, send)
         started = time.perf_counter()
@@ -262,6 +255,19 @@ class _Guard:
 
 _ERROR_NAMES = {401: "Unauthorized", 422: "UnprocessableEntity", 500: "InternalServerError", 503: "ServiceUnavailable",
                 504: "GatewayTimeout"}
+
+
+def _error(status: int, detail: str, **headers) -> JSONResponse:
+    return JSONResponse({"error": _ERROR_NAMES.get(status, "Error"), "detail": detail}, status, headers=headers)
+
+
+def _invalid(errors: list[dict]) -> str:
+    """pydantic's errors as one line: ``invalid request: steps: Input should be a valid integer``."""
+    def where(loc) -> str:
+        loc = loc[1:] if loc and loc[0] == "body" else loc  # FastAPI prefixes the body's fields with "body"
+        return ".".join(str(p) for p in loc) or "body"
+
+    return "invalid request: " + "; ".join(f"{where(e['loc'])}: {e['msg']}" for e in errors)
 
 
 def _options(service: Service) -> dict:

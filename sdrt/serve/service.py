@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from ..runtime import GenerationResult, Pipeline
@@ -177,8 +178,6 @@ class Service:
 def _merge(results: list[GenerationResult]) -> GenerationResult:
     if len(results) == 1:
         return results[0]
-    import numpy as np
-
     first = results[0]
     return GenerationResult([i for r in results for i in r.images], np.concatenate([r.latents for r in results]),
                             first.seed, [p for r in results for p in r.parameters], first.timings, first.mode,
