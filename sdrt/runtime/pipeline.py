@@ -208,13 +208,13 @@ class Pipeline:
     # -- the modes ---------------------------------------------------------------------------------------
 
     def _txt2img(self, job: _Job, latents: np.ndarray | None):
-        m, timings = self.manifest, {}
+        timings: dict[str, float] = {}
         # 1. encode the prompts
         embeddings = self._encode_prompts(job, timings)
 
         # 2. the sampler and the initial noise
         scheduler = self._scheduler(job)
-        shape = (job.batch, m.latent_channels, job.height // m.vae_scale_factor, job.width // m.vae_scale_factor)
+        shape = self._latent_shape(job)
         if latents is None:
             latents = job.generator.randn(shape)
         else:
@@ -257,7 +257,7 @@ class Pipeline:
         image_latents = None
         if not use_model or strength < 1.0:
             image_latents = np.repeat(self._encode_image(init, job.generator, timings), job.batch, axis=0)
-        shape = (job.batch, m.latent_channels, job.height // m.vae_scale_factor, job.width // m.vae_scale_factor)
+        shape = self._latent_shape(job)
         noise = job.generator.randn(shape)
         if strength == 1.0:
             latents = noise * np.float32(scheduler.init_noise_sigma)
@@ -308,6 +308,10 @@ class Pipeline:
         hidden = hidden.reshape(len(texts), n * hidden.shape[2], hidden.shape[3])
         timings["text_encoder"] = time.perf_counter() - t0
         return np.repeat(hidden, job.num_images, axis=0)
+
+    def _latent_shape(self, job: _Job) -> tuple[int, int, int, int]:
+        m = self.manifest
+        return job.batch, m.latent_channels, job.height // m.vae_scale_factor, job.width // m.vae_scale_factor
 
     def _scheduler(self, job: _Job) -> Scheduler:
         scheduler = make_scheduler(job.sampler, self.manifest.scheduler_config)
