@@ -119,11 +119,14 @@ HONOURED = {
     "do_not_save_samples", "do_not_save_grid", "override_settings_restore_afterwards", "disable_extra_networks",
     "comments", "force_task_id", "inpaint_full_res_padding",
 }
-_NEUTRAL = (None, False, 0, "", [], {})
-_SPECIFIC = {  # neutral values besides the generic ones
-    "seed_resize_from_h": (-1,), "seed_resize_from_w": (-1,), "subseed": None,  # subseed: any, without strength
-    "s_noise": (1.0,), "mask_blur_x": (4,), "mask_blur_y": (4,), "mask_blur": (4,), "inpaint_full_res": (True,),
-    "initial_noise_multiplier": (1.0,), "resize_mode": (0,), "inpainting_fill": (1,), "script_args": None,
+_NEUTRAL = (None, False, 0, "", [], {})  # "off" for a field whose value turns a feature on
+# Fields where 0 or false is itself a setting: only None and these values leave sdrt's behaviour unchanged
+# (None: any value, as subseed without subseed_strength, script_args without script_name).
+_SPECIFIC = {
+    "seed_resize_from_h": (-1, 0), "seed_resize_from_w": (-1, 0), "subseed": None, "script_args": None,
+    "s_noise": (1.0,), "initial_noise_multiplier": (1.0,),
+    "mask_blur_x": (4, 0), "mask_blur_y": (4, 0), "mask_blur": (4, 0),  # A1111's default blur is accepted, not applied
+    "inpaint_full_res": (True, False), "resize_mode": (0,), "inpainting_fill": (0, 1),
     "mask_round": (True,),  # sdrt binarizes masks at 0.5, as A1111's mask_round
 }
 _HIRES = {"denoising_strength", "firstphase_width", "firstphase_height", "hr_scale", "hr_upscaler",
@@ -142,8 +145,11 @@ def refused_fields(request: _Common, options: dict[str, Any]) -> list[str]:
             continue
         if txt2img and name in _HIRES and not data.get("enable_hr"):
             continue  # A1111 ignores the hires fields without enable_hr
-        allowed = _SPECIFIC.get(name, ())
-        if allowed is None or value in _NEUTRAL or value in allowed:
+        if name in _SPECIFIC:
+            allowed = _SPECIFIC[name]
+            if allowed is None or value is None or value in allowed:
+                continue
+        elif value in _NEUTRAL:
             continue
         refused.append(name)
     for key, value in (request.override_settings or {}).items():
