@@ -84,6 +84,9 @@ def cmd_generate(args: argparse.Namespace) -> None:
                 outpaint=args.outpaint,
                 inpaint_mode=args.inpaint_mode,
                 weighting=not args.no_weighting,
+                eta=args.eta,
+                s_noise=args.s_noise,
+                clip_skip=args.clip_skip,
             )
         finally:
             if bar is not None:
@@ -245,6 +248,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--height", type=int, default=None)
     p.add_argument("--sampler", default=None, help=f"{', '.join(SCHEDULER_NAMES)} (default: the model's own)")
     p.add_argument("--batch", type=int, default=1, help="images per prompt")
+    p.add_argument("--eta", type=float, default=None,
+                   help="η: DDIM's (default 0) or the noise scale of Euler a and DPM++ SDE (default 1); others ignore it")
+    p.add_argument("--s-noise", type=float, default=None, help="scale of the fresh noise of Euler a and DPM++ SDE (default 1)")
+    p.add_argument("--clip-skip", type=int, default=1,
+                   help="AUTOMATIC1111's CLIP skip: 1 = the last text encoder layer (default), 2 = the penultimate")
     p.add_argument("--noise", choices=("torch", "numpy"), default="torch",
                    help="torch: the noise diffusers draws for the seed (default); numpy: numpy's generator")
     p.add_argument("--init-image", metavar="PATH", help="img2img: start from this image (size defaults to its own)")

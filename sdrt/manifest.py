@@ -66,6 +66,7 @@ class Manifest:
     model_hash: str  # AUTOMATIC1111-style short hash of the source weights
     source: dict[str, Any]
     tools: dict[str, str]
+    text_layers: int = 0  # hidden layers of the text encoder, the most CLIP skip can count back (0: not recorded)
     validation: dict[str, Any] = field(default_factory=dict)
     engines: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION

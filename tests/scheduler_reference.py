@@ -174,7 +174,7 @@ def assert_schedule_matches(ours, ref) -> None:
     assert ours.order == ref.order
 
 
-def run_both(name, config, steps, seed=0, rtol=0.0, per_input_scale=False, begin=0, **options):
+def run_both(name, config, steps, seed=0, rtol=0.0, per_input_scale=False, begin=0, eta=None, **options):
     """Run our sampler and diffusers' side by side and compare every step's model input and sample, in two loops:
 
     - "same input": at each step both get the same sample (diffusers') and the same model output;
@@ -184,13 +184,16 @@ def run_both(name, config, steps, seed=0, rtol=0.0, per_input_scale=False, begin
     free-running loops would not do: without a model that reacts to the sample, the sampler multiplies float32
     rounding by up to ~15× over a run: diffusers' float32 result is then itself ~1e-5 from its float64 one.)
     ``begin``: start at ``timesteps[begin]`` (img2img, ``set_begin_index``). ``rtol`` adds a relative tolerance.
+    ``eta``: DDIM's η, given to ours and to each of diffusers' ``step`` calls.
     ``per_input_scale`` scales the 1e-5 by the largest |x| entering each step and runs the same-input loop only: for
     σ samplers with zero terminal SNR (σ_max = 4096), whose first step cancels x ~ 1e4 down to ~10, so that one ulp
     of the input (1e-3) is the float32 error of diffusers' own result.
     """
     for same_input in (True,) if per_input_scale else (True, False):
         ours = make_scheduler(name, config, **options)
+        ours.set_noise_scales(eta=eta)
         ref = make_reference(name, {**config, **options})
+        step_kwargs = {} if eta is None else {"eta": eta}
         ours.set_timesteps(steps)
         ref.set_timesteps(steps)
         assert_schedule_matches(ours, ref)
@@ -218,7 +221,7 @@ def run_both(name, config, steps, seed=0, rtol=0.0, per_input_scale=False, begin
                 out = fake_model(ref, ours.prediction_type, t, x_in, x0, z)
                 out_ref = fake_model(ref, ours.prediction_type, t, x_in_ref.numpy(), x0, z)
                 x = ours.step(out, t, x)
-                x_ref = ref.step(torch.from_numpy(out_ref), t_ref, x_ref).prev_sample
+                x_ref = ref.step(torch.from_numpy(out_ref), t_ref, x_ref, **step_kwargs).prev_sample
                 assert x.dtype == np.float32 and x.shape == SHAPE
                 np.testing.assert_allclose(x, x_ref.numpy(), rtol=rtol, atol=atol, err_msg=where)
         assert tape.used["ours"] == tape.used["ref"], tape.used

@@ -149,6 +149,7 @@ def export(
             model_hash=loaded.model_hash,
             source={"kind": loaded.kind, "model": loaded.name},
             tools=_tool_versions(),
+            text_layers=int(pipe.text_encoder.config.num_hidden_layers),
             validation={"file": "validation.json", "passed": bool(checks) and not failed, "checks": len(checks),
                         "export_seconds": round(time.perf_counter() - started, 2)},
         )

@@ -37,18 +37,24 @@ class ComponentGraph:
 
 
 class TextEncoderGraph(torch.nn.Module):
+    """The hidden state that conditions the U-Net. ``clip_skip`` ([1] int32, AUTOMATIC1111's numbering: 1 = the
+    family's own layer, 2 = one layer before it, …) picks it at run time, so one graph serves every CLIP skip: the
+    layer that many from the end, through the final LayerNorm where the family uses it (as A1111's and diffusers'
+    ``clip_skip``; at 1 this is exactly ``last_hidden_state``)."""
+
     def __init__(self, encoder: torch.nn.Module, spec: TextEncoderSpec):
         super().__init__()
         self.encoder, self.spec = encoder, spec
 
-    def forward(self, input_ids: torch.Tensor):
-        out = self.encoder(input_ids.to(torch.int64), output_hidden_states=self.spec.hidden_state != "last")
-        if self.spec.hidden_state == "last":
-            hidden = out.last_hidden_state
-        else:
-            hidden = out.hidden_states[-2]
-            if self.spec.final_layer_norm:
-                hidden = self.encoder.text_model.final_layer_norm(hidden)
+    def forward(self, input_ids: torch.Tensor, clip_skip: torch.Tensor):
+        out = self.encoder(input_ids.to(torch.int64), output_hidden_states=True)
+        layers = torch.stack(out.hidden_states[1:])  # [layers, B, T, D], each before the final LayerNorm
+        from_end = clip_skip.to(torch.int64) + (0 if self.spec.hidden_state == "last" else 1)
+        index = (layers.shape[0] - from_end).clamp(0, layers.shape[0] - 1)
+        hidden = torch.index_select(layers, 0, index).squeeze(0)
+        if self.spec.final_layer_norm:
+            # transformers 5 flattened CLIPTextModel (no .text_model); 4.x nests it
+            hidden = getattr(self.encoder, "text_model", self.encoder).final_layer_norm(hidden)
         if self.spec.pooled:
             return hidden, out[0 if hasattr(out, "text_embeds") else 1]
         return hidden
@@ -88,13 +94,17 @@ def component_graphs(pipe, family: Family) -> list[ComponentGraph]:
     unet, vae = pipe.unet, pipe.vae
     text_dim = pipe.text_encoder.config.hidden_size
     vocab = pipe.text_encoder.config.vocab_size
+    text_layers = pipe.text_encoder.config.num_hidden_layers
     channels = unet.config.in_channels
     latent_channels = vae.config.latent_channels
     scale = 2 ** (len(vae.config.block_out_channels) - 1)
     f32 = "float32"
 
     def ids(s: Shape, g):
-        return {"input_ids": torch.randint(0, vocab, (s.batch, s.tokens), generator=g, dtype=torch.int32)}
+        # validation runs at CLIP skip 2 where the encoder has the layers (1 is the same graph minus an offset)
+        skip = torch.tensor([min(2, text_layers)], dtype=torch.int32)
+        return {"input_ids": torch.randint(0, vocab, (s.batch, s.tokens), generator=g, dtype=torch.int32),
+                "clip_skip": skip}
 
     def unet_inputs(s: Shape, g):
         b = 2 * s.batch  # classifier-free guidance: negative and positive in one call
@@ -115,7 +125,7 @@ def component_graphs(pipe, family: Family) -> list[ComponentGraph]:
         ComponentGraph(
             "text_encoder",
             TextEncoderGraph(pipe.text_encoder, text_spec),
-            (TensorSpec("input_ids", "int32", ("B", "T")),),
+            (TensorSpec("input_ids", "int32", ("B", "T")), TensorSpec("clip_skip", "int32", (1,))),
             (TensorSpec("last_hidden_state", f32, ("B", "T", text_dim)),),
             ids,
         ),

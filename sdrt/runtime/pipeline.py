@@ -24,7 +24,7 @@ from .backends import Backend, create_backend
 from .backends.base import RunShape
 from .noise import MAX_SEED, GeneratorKind, PerImageGenerators, make_generator, random_seed
 from .prompts import apply_weights, tokenize_prompt
-from .schedulers import Scheduler, a1111_name, canonical_name, default_sampler, make_scheduler
+from .schedulers import SCHEDULERS, Scheduler, a1111_name, canonical_name, default_sampler, make_scheduler
 from .tokenizer import ClipTokenizer
 
 log = logging.getLogger("sdrt")
@@ -107,6 +107,9 @@ class Pipeline:
         outpaint: tuple[int, int, int, int] | None = None,
         inpaint_mode: InpaintMode = "auto",
         weighting: bool = True,
+        eta: float | None = None,
+        s_noise: float | None = None,
+        clip_skip: int = 1,
     ) -> GenerationResult:
         """Generate images: text to image; with ``image``, image to image (``strength`` 0..1 of the schedule is run,
         default 0.8); with ``image`` and ``mask_image`` (white = repaint), inpainting (default strength 1); with
@@ -119,7 +122,12 @@ class Pipeline:
         diffusers' CPU ``torch.Generator().manual_seed(seed)``, in diffusers' order, so a seed gives diffusers'
         image; ``"numpy"`` uses numpy's PCG64. ``latents`` replaces the initial noise of text to image. A list of
         seeds, one per image (text to image), gives each image its own generator, as AUTOMATIC1111's batches: each
-        image is then the one its seed gives alone."""
+        image is then the one its seed gives alone.
+
+        ``eta`` is η where the sampler has one: DDIM's (default 0, deterministic; diffusers' ``eta``) and the scale of
+        the fresh noise of Euler a and DPM++ SDE (default 1; k-diffusion's ``eta``); ``s_noise`` scales that noise
+        (default 1). Samplers without them ignore them, as diffusers and AUTOMATIC1111 do. ``clip_skip`` counts as
+        AUTOMATIC1111 does: 1 = the text encoder's last layer, 2 = the one before (diffusers' ``clip_skip=1``)."""
         m = self.manifest
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         sampler = canonical_name(scheduler or self.default_sampler)
@@ -142,6 +150,8 @@ class Pipeline:
                                  "a list of seeds is for text to image; give img2img and inpainting one seed")
         for value in seeds or [seed]:
             self._check(prompts, num_inference_steps, guidance_scale, height, width, num_images, value)
+        self._check_clip_skip(clip_skip)
+        make_scheduler(sampler, m.scheduler_config).set_noise_scales(eta, s_noise)  # bad values fail before any work
 
         # the input image and mask as arrays at the output size
         init = None if picture is None else imageio.image_to_array(picture, width, height)
@@ -161,7 +171,7 @@ class Pipeline:
             seeds = [int(s) for s in seeds]
             seed, generator = seeds[0], PerImageGenerators([make_generator(s, noise) for s in seeds])
         job = _Job(prompts, negatives, num_images, num_inference_steps, guidance_scale, sampler, height, width,
-                   generator, callback, weighting)
+                   generator, callback, weighting, eta, s_noise, clip_skip)
         if mask is not None:
             final, timings = self._inpaint(job, init, mask, strength, use_model)
         elif init is not None:
@@ -171,6 +181,7 @@ class Pipeline:
         images = self._decode(final, timings)
 
         extra = _infotext_extras(mode, strength, use_model, outpaint, source, weighting, noise)
+        extra |= _sampling_infotext(sampler, eta, s_noise, clip_skip)
         pairs = [(p, n) for p, n in zip(prompts, negatives) for _ in range(num_images)]
         parameters = [
             imageio.infotext(
@@ -301,8 +312,10 @@ class Pipeline:
         if n > 1:
             empty = tokenize_prompt(self.tokenizer, "", job.weighting)
             chunks = [c.padded(n, empty) for c in chunks]
-        ids = np.concatenate([c.ids for c in chunks])
-        hidden = self.backend.run("text_encoder", {"input_ids": ids})["last_hidden_state"].astype(np.float32)
+        inputs = {"input_ids": np.concatenate([c.ids for c in chunks])}
+        if self._takes_clip_skip:
+            inputs["clip_skip"] = np.array([job.clip_skip], dtype=np.int32)
+        hidden = self.backend.run("text_encoder", inputs)["last_hidden_state"].astype(np.float32)
         hidden = hidden.reshape(len(texts), n, *hidden.shape[1:])
         hidden = np.stack([apply_weights(h, c.weights) for h, c in zip(hidden, chunks)])
         hidden = hidden.reshape(len(texts), n * hidden.shape[2], hidden.shape[3])
@@ -315,6 +328,7 @@ class Pipeline:
 
     def _scheduler(self, job: _Job) -> Scheduler:
         scheduler = make_scheduler(job.sampler, self.manifest.scheduler_config)
+        scheduler.set_noise_scales(job.eta, job.s_noise)
         scheduler.set_noise_source(job.generator.randn)  # stochastic samplers continue the seed's stream
         scheduler.set_timesteps(job.steps)
         return scheduler
@@ -382,6 +396,21 @@ class Pipeline:
             )
         return self.is_inpainting_model
 
+    @property
+    def _takes_clip_skip(self) -> bool:
+        return any(t.name == "clip_skip" for t in self.manifest.components["text_encoder"].inputs)
+
+    def _check_clip_skip(self, clip_skip) -> None:
+        layers = self.manifest.text_layers
+        if isinstance(clip_skip, bool) or not isinstance(clip_skip, (int, np.integer)) or clip_skip < 1:
+            raise UserInputError(f"clip skip is a whole number of at least 1 (1 = the last layer, as AUTOMATIC1111), "
+                                 f"got {clip_skip!r}")
+        if clip_skip > 1 and not self._takes_clip_skip:
+            raise ManifestError(f"the text encoder of {self.folder} was exported without CLIP skip (an older sdrt); "
+                                "export the model again to use it")
+        if layers and clip_skip > layers:
+            raise UserInputError(f"clip skip {clip_skip} is more than the {layers} layers of this text encoder")
+
     def _negatives(self, negative_prompt, n: int) -> list[str]:
         if negative_prompt is None:
             return [""] * n
@@ -435,6 +464,9 @@ class _Job:
     generator: object  # noise.TorchCompatibleGenerator | noise.NumpyGenerator
     callback: StepCallback | None
     weighting: bool
+    eta: float | None = None  # None: the sampler's own
+    s_noise: float | None = None
+    clip_skip: int = 1
 
     @property
     def batch(self) -> int:
@@ -475,6 +507,19 @@ def _infotext_extras(mode, strength, use_model, outpaint, source: Image.Image | 
         extra["Emphasis"] = "None"
     # "RNG: CPU" is AUTOMATIC1111's name for torch's CPU generator, which "torch" noise reproduces
     extra.update({"RNG": "CPU" if noise == "torch" else "NumPy", "Version": f"sdrt {_version()}"})
+    return extra
+
+
+def _sampling_infotext(sampler: str, eta, s_noise, clip_skip: int) -> dict[str, object]:
+    """η, s_noise and CLIP skip as AUTOMATIC1111 writes them: only where they apply and differ from the default
+    (DDIM's η is "Eta DDIM", the k-diffusion samplers' "Eta")."""
+    cls, extra = SCHEDULERS[sampler], {}
+    if eta is not None and cls.eta_default is not None and eta != cls.eta_default:
+        extra["Eta DDIM" if sampler == "ddim" else "Eta"] = f"{eta:g}"
+    if s_noise is not None and cls.takes_s_noise and s_noise != 1:
+        extra["Sigma noise"] = f"{s_noise:g}"
+    if clip_skip > 1:
+        extra["Clip skip"] = clip_skip
     return extra
 
 

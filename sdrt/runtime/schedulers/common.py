@@ -157,6 +157,10 @@ class Scheduler:
     order = 1  # model evaluations per step (diffusers' ``order``)
     stochastic = False  # whether ``step`` draws noise (see ``set_noise_source``)
     init_noise_sigma = 1.0  # standard deviation of the initial noise
+    # η: DDIM's (0 = deterministic) or the scale of an ancestral/SDE sampler's fresh noise (k-diffusion's, 1 =
+    # the usual ancestral sampler); None where the sampler has no η
+    eta_default: float | None = None
+    takes_s_noise = False  # whether s_noise scales the fresh noise of ``step`` (k-diffusion's ancestral/SDE samplers)
 
     def __init__(self, config: dict | None = None):
         self.config = resolve_config(self.defaults, config, self.name)
@@ -178,6 +182,7 @@ class Scheduler:
         self.num_inference_steps: int | None = None
         self.timesteps = np.zeros(0, dtype=np.int64)
         self._noise: NoiseSource = default_noise_source()
+        self.eta, self.s_noise = self.eta_default, 1.0
 
     @property
     def prediction_type(self) -> str:
@@ -207,6 +212,22 @@ class Scheduler:
         samples its Brownian path from it (diffusers uses torchsde there: see dpm_sde.py). Deterministic samplers
         never call it."""
         self._noise = noise
+
+    def set_noise_scales(self, eta: float | None = None, s_noise: float | None = None) -> None:
+        """η and s_noise (None: the default, η per ``eta_default``, s_noise 1). A sampler without them ignores them,
+        as diffusers and AUTOMATIC1111 do (``has_eta``, ``takes_s_noise`` tell)."""
+        for label, value in (("eta", eta), ("s_noise", s_noise)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float, np.floating))
+                                      or not 0 <= value < math.inf):
+                raise UserInputError(f"{label} must be a number of at least 0, got {value!r}")
+        if eta is not None and self.has_eta:
+            self.eta = float(eta)
+        if s_noise is not None and self.takes_s_noise:
+            self.s_noise = float(s_noise)
+
+    @property
+    def has_eta(self) -> bool:
+        return self.eta_default is not None
 
     def _draw_noise(self, shape) -> np.ndarray:
         noise = as_f32(self._noise(tuple(shape)))

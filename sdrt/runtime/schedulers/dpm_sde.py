@@ -11,6 +11,7 @@ last step (to σ = 0) is a plain Euler step.
 diffusers samples the Brownian path with torchsde's ``BrownianInterval``; here ``BrownianNoise`` samples the same
 process (a Brownian motion on the σ axis) from the scheduler's noise source, so the samples follow the same law but
 are not torchsde's numbers. ``noise_sampler`` (a callable (σ, σ_next) → noise) can be replaced to feed other noise.
+η scales σ_up of both halves and s_noise the noise, as k-diffusion's ``sample_dpmpp_sde`` (η = s_noise = 1: diffusers).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import numpy as np
 from .common import NoiseSource, as_f32, check_unsupported
 from .sigmas import (
     SigmaScheduler,
+    ancestral_step,
     exp_f32,
     expm1_f32,
     float_timesteps,
@@ -74,6 +76,8 @@ class DPMSolverSDEScheduler(SigmaScheduler):
     name = "dpm++sde"
     order = 2
     stochastic = True
+    eta_default = 1.0
+    takes_s_noise = True
     defaults = dict(  # diffusers' DPMSolverSDEScheduler.__init__
         num_train_timesteps=1000,
         beta_start=0.00085,
@@ -167,14 +171,13 @@ class DPMSolverSDEScheduler(SigmaScheduler):
             sample = self.sample
 
         # 5. ancestral split of the target noise level: σ_down deterministically, fresh noise of σ_up
-        sigma_from, sigma_to = exp_f32(-t), exp_f32(-t_next)
-        sigma_up = min(sigma_to, (sigma_to**2 * (sigma_from**2 - sigma_to**2) / sigma_from**2) ** 0.5)
-        sigma_down = (sigma_to**2 - sigma_up**2) ** 0.5
+        sigma_down, sigma_up = ancestral_step(exp_f32(-t), exp_f32(-t_next), self.eta)
         ancestral_t = -np.log(sigma_down)
 
         # 6. DPM-Solver++(1) to σ_down: x = (σ_down/σ)·x − (e^(t−t_down) − 1)·D, then the Brownian noise
         prev_sample = exp_f32(-ancestral_t) / exp_f32(-t) * sample - expm1_f32(t - ancestral_t) * pred_original_sample
-        prev_sample = prev_sample + self.noise_sampler(exp_f32(-t), exp_f32(-t_next)) * sigma_up
+        noise = self.noise_sampler(exp_f32(-t), exp_f32(-t_next))
+        prev_sample = prev_sample + noise * np.float32(self.s_noise) * sigma_up
 
         # 7. remember the step's start for its second evaluation
         if first_order:

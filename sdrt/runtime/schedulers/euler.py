@@ -3,7 +3,8 @@
 EulerAncestralDiscreteScheduler.
 
 Both integrate the probability-flow ODE dx/dσ = (x − D(x; σ))/σ on x = x0 + σ·ε, one model evaluation per step.
-Euler ancestral steps down to σ_down < σ_next and adds fresh noise of σ_up (σ_down² + σ_up² = σ_next²).
+Euler ancestral steps down to σ_down < σ_next and adds fresh noise of σ_up (σ_down² + σ_up² = σ_next²); η scales σ_up
+and s_noise the noise, as k-diffusion's ``get_ancestral_step`` (at η = s_noise = 1, diffusers' sampler).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import numpy as np
 from .common import as_f32, check_unsupported
 from .sigmas import (
     SigmaScheduler,
+    ancestral_step,
     float_timesteps,
     interpolated_sigmas,
     karras_sigmas,
@@ -114,6 +116,8 @@ class EulerAncestralDiscreteScheduler(SigmaScheduler):
     )
     prediction_types = ("epsilon", "v_prediction")
     stochastic = True
+    eta_default = 1.0
+    takes_s_noise = True
 
     def set_timesteps(self, num_inference_steps: int) -> None:
         n = self.num_inference_steps = self._check_steps(num_inference_steps)
@@ -134,9 +138,7 @@ class EulerAncestralDiscreteScheduler(SigmaScheduler):
         pred_original_sample = predict_x0_from_sigma(self.prediction_type, model_output, sample, sigma)
 
         # 2. split the next noise level: σ_up of fresh noise, σ_down reached deterministically
-        sigma_from, sigma_to = sigma, self.sigmas[self.step_index + 1]
-        sigma_up = (sigma_to**2 * (sigma_from**2 - sigma_to**2) / sigma_from**2) ** 0.5
-        sigma_down = (sigma_to**2 - sigma_up**2) ** 0.5
+        sigma_down, sigma_up = ancestral_step(sigma, self.sigmas[self.step_index + 1], self.eta)
 
         # 3. an Euler step of the ODE to σ_down
         derivative = (sample - pred_original_sample) / sigma
@@ -146,4 +148,4 @@ class EulerAncestralDiscreteScheduler(SigmaScheduler):
         # 4. add noise of σ_up (drawn at every step, the last included, as diffusers)
         noise = self._draw_noise(model_output.shape)
         self.step_index += 1
-        return prev_sample + noise * sigma_up
+        return prev_sample + noise * np.float32(self.s_noise) * sigma_up

@@ -80,6 +80,14 @@ def expm1_f32(x) -> np.float32:
     return np.float32(np.expm1(np.float64(x)))
 
 
+def ancestral_step(sigma_from, sigma_to, eta: float = 1.0):
+    """k-diffusion's ``get_ancestral_step``: (σ_down, σ_up) with σ_down² + σ_up² = σ_to², σ_up the fresh noise an
+    ancestral step adds (η = 1: the most the step allows; η = 0: none, an ODE step)."""
+    sigma_up = min(sigma_to, np.float32(eta) * (sigma_to**2 * (sigma_from**2 - sigma_to**2) / sigma_from**2) ** 0.5)
+    sigma_down = (sigma_to**2 - sigma_up**2) ** 0.5
+    return sigma_down, sigma_up
+
+
 def alpha_sigma(sigma):
     """α_t = 1/√(σ²+1) and σ_t = σ·α_t of a noise level σ (x_t = α_t·x0 + σ_t·ε)."""
     alpha_t = 1 / np.sqrt(sigma**2 + 1)
