@@ -45,7 +45,7 @@ setup(
         # sdrt serve: AUTOMATIC1111's HTTP API; ray: the same app as Ray Serve replicas
         "serve": ["fastapi>=0.110", "uvicorn>=0.27", "prometheus-client>=0.19"],
         "ray": ["ray[serve]>=2.9", "fastapi>=0.110", "uvicorn>=0.27", "prometheus-client>=0.19"],
-        "test": ["pytest>=7", "scipy>=1.10", "httpx>=0.25"],  # scipy: diffusers' LMS reference in the parity tests
+        "test": ["pytest>=7", "scipy>=1.10", "httpx>=0.25", "webuiapi>=0.9.17"],  # scipy: diffusers' LMS reference in the parity tests; webuiapi: the A1111 client the serve tests drive
     },
     entry_points={"console_scripts": ["sdrt=sdrt.cli:main"]},
 )

@@ -229,7 +229,7 @@ def test_bad_requests_get_4xx_that_say_why(server):
         (c.post("/sdapi/v1/txt2img", json={"steps": "many"}), "steps"),
         (c.post("/sdapi/v1/txt2img", json={"restore_faces": True, **SMALL}), "restore_faces"),
         (c.post("/sdapi/v1/txt2img", json={"enable_hr": True, **SMALL}), "enable_hr"),
-        (c.post("/sdapi/v1/txt2img", json={"s_noise": 0, **SMALL}), "s_noise"),  # 0 is a setting, not "off"
+        (c.post("/sdapi/v1/img2img", json={"initial_noise_multiplier": 0, **SMALL}), "initial_noise_multiplier"),
         (c.post("/sdapi/v1/img2img", json={"mask_round": False, **SMALL}), "mask_round"),
         (c.post("/sdapi/v1/txt2img", json={"width": 2048, "height": 2048, "steps": 2}), "--max-pixels"),
         (c.post("/sdapi/v1/txt2img", json={"width": 64, "height": 64, "steps": 1000}), "--max-steps"),

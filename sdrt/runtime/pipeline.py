@@ -181,7 +181,7 @@ class Pipeline:
         images = self._decode(final, timings)
 
         extra = _infotext_extras(mode, strength, use_model, outpaint, source, weighting, noise)
-        extra |= _sampling_infotext(sampler, eta, s_noise, clip_skip)
+        extra |= sampling_infotext(sampler, eta, s_noise, clip_skip)
         pairs = [(p, n) for p, n in zip(prompts, negatives) for _ in range(num_images)]
         parameters = [
             imageio.infotext(
@@ -510,14 +510,14 @@ def _infotext_extras(mode, strength, use_model, outpaint, source: Image.Image | 
     return extra
 
 
-def _sampling_infotext(sampler: str, eta, s_noise, clip_skip: int) -> dict[str, object]:
+def sampling_infotext(sampler: str, eta, s_noise, clip_skip: int) -> dict[str, object]:
     """η, s_noise and CLIP skip as AUTOMATIC1111 writes them: only where they apply and differ from the default
     (DDIM's η is "Eta DDIM", the k-diffusion samplers' "Eta")."""
     cls, extra = SCHEDULERS[sampler], {}
     if eta is not None and cls.eta_default is not None and eta != cls.eta_default:
-        extra["Eta DDIM" if sampler == "ddim" else "Eta"] = f"{eta:g}"
+        extra["Eta DDIM" if sampler == "ddim" else "Eta"] = float(eta)
     if s_noise is not None and cls.takes_s_noise and s_noise != 1:
-        extra["Sigma noise"] = f"{s_noise:g}"
+        extra["Sigma noise"] = float(s_noise)
     if clip_skip > 1:
         extra["Clip skip"] = clip_skip
     return extra

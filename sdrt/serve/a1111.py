@@ -2,9 +2,9 @@
 translation of a request into a batcher job, and the response (base64 PNGs with the ``parameters`` chunk, the
 request's parameters, the ``info`` JSON string).
 
-Fields of features sdrt implements are honoured. The others are accepted at their default (or an equivalent
-neutral value: ``false`` for ``None``, ``{}``, ``[]``…); any other value is refused with a 422 naming the field,
-rather than silently ignored.
+Fields of features sdrt implements are honoured (the sampling settings as ``settings.py`` reads them). The others
+are accepted at their default (or an equivalent neutral value: ``false`` for ``None``, ``{}``, ``[]``…); any other
+value is refused with a 422 naming the field, rather than silently ignored.
 """
 
 from __future__ import annotations
@@ -13,8 +13,10 @@ import base64
 import binascii
 import io
 import json
+import os
 import re
 import time
+from pathlib import Path
 from typing import Any, Optional
 
 from PIL import Image, UnidentifiedImageError
@@ -24,8 +26,9 @@ from pydantic import BaseModel, ConfigDict
 from ..errors import UserInputError
 from ..runtime import GenerationResult
 from ..runtime.noise import MAX_SEED, random_seed
-from ..runtime.schedulers import A1111_NAMES, ALIASES, a1111_name, canonical_name
+from ..runtime.schedulers import A1111_NAMES, ALIASES, a1111_name
 from .batcher import Job
+from .settings import Sampling, infotext_fields
 
 
 class _Common(BaseModel):
@@ -115,7 +118,10 @@ class Img2ImgRequest(_Common):
 HONOURED = {
     "prompt", "negative_prompt", "seed", "sampler_name", "sampler_index", "scheduler", "batch_size", "n_iter", "steps",
     "cfg_scale", "width", "height", "denoising_strength", "init_images", "mask", "inpainting_mask_invert", "send_images",
-    "include_init_images", "eta", "override_settings",
+    "include_init_images", "override_settings",
+    # the sampling settings: used, ignored or refused per sampler and model by settings.sampling_of
+    "eta", "s_churn", "s_tmin", "s_tmax", "s_noise", "s_min_uncond",
+    "image_cfg_scale",  # A1111 uses it with instruct-pix2pix models only, which sdrt has not
     "do_not_save_samples", "do_not_save_grid", "override_settings_restore_afterwards", "disable_extra_networks",
     "comments", "force_task_id", "inpaint_full_res_padding",
 }
@@ -124,7 +130,7 @@ _NEUTRAL = (None, False, 0, "", [], {})  # "off" for a field whose value turns a
 # (None: any value, as subseed without subseed_strength, script_args without script_name).
 _SPECIFIC = {
     "seed_resize_from_h": (-1, 0), "seed_resize_from_w": (-1, 0), "subseed": None, "script_args": None,
-    "s_noise": (1.0,), "initial_noise_multiplier": (1.0,),
+    "initial_noise_multiplier": (1.0,),
     "mask_blur_x": (4, 0), "mask_blur_y": (4, 0), "mask_blur": (4, 0),  # A1111's default blur is accepted, not applied
     "inpaint_full_res": (True, False), "resize_mode": (0,), "inpainting_fill": (0, 1),
     "mask_round": (True,),  # sdrt binarizes masks at 0.5, as A1111's mask_round
@@ -132,11 +138,11 @@ _SPECIFIC = {
 _HIRES = {"denoising_strength", "firstphase_width", "firstphase_height", "hr_scale", "hr_upscaler",
           "hr_second_pass_steps", "hr_resize_x", "hr_resize_y", "hr_checkpoint_name", "hr_sampler_name",
           "hr_scheduler", "hr_prompt", "hr_negative_prompt"}
-_ANCESTRAL = {"euler-a"}
 
 
-def refused_fields(request: _Common, options: dict[str, Any]) -> list[str]:
-    """The fields holding a value sdrt cannot honour (a 422 names them)."""
+def refused_fields(request: _Common) -> list[str]:
+    """The fields holding a value sdrt cannot honour (a 422 names them); override_settings are checked with the
+    sampling settings."""
     data = request.model_dump()
     txt2img = isinstance(request, Txt2ImgRequest)
     refused = []
@@ -152,28 +158,7 @@ def refused_fields(request: _Common, options: dict[str, Any]) -> list[str]:
         elif value in _NEUTRAL:
             continue
         refused.append(name)
-    for key, value in (request.override_settings or {}).items():
-        if options.get(key, object()) != value:
-            refused.append(f"override_settings.{key}")
     return refused
-
-
-def sampler_of(request: _Common) -> str:
-    """sdrt's sampler for A1111's ``sampler_name`` (or the legacy ``sampler_index``) and ``scheduler``."""
-    name = request.sampler_name or request.sampler_index
-    if request.scheduler and request.scheduler.lower() not in ("automatic", ""):
-        name = f"{name} {request.scheduler}"  # "DPM++ 2M" + "Karras" -> "DPM++ 2M Karras"
-    try:
-        return canonical_name(name)
-    except UserInputError:
-        raise UserInputError(f"sampler {name!r} is not one sdrt has; GET /sdapi/v1/samplers lists them") from None
-
-
-def check_eta(request: _Common, sampler: str) -> None:
-    """eta as A1111 means it: 1 for ancestral samplers, 0 for DDIM, are what sdrt's samplers do."""
-    if request.eta is not None and request.eta != (1.0 if sampler in _ANCESTRAL else 0.0):
-        raise UserInputError(f"eta {request.eta} is not supported with {a1111_name(sampler)}: sdrt runs ancestral "
-                             "samplers at eta 1 and the others at 0; leave eta out")
 
 
 def decode_image(text: Any, what: str) -> Image.Image:
@@ -192,10 +177,8 @@ def decode_image(text: Any, what: str) -> Image.Image:
                              "or WebP data") from None
 
 
-def job_of(request: _Common) -> Job:
+def job_of(request: _Common, sampling: Sampling) -> Job:
     """The batcher job for a checked request: one prompt and one seed per image (seed, seed+1, … as A1111)."""
-    sampler = sampler_of(request)
-    check_eta(request, sampler)
     images = (request.batch_size or 1) * (request.n_iter or 1)
     if images < 1:
         raise UserInputError("batch_size and n_iter must be at least 1")
@@ -204,9 +187,9 @@ def job_of(request: _Common) -> Job:
         raise UserInputError(f"seed must be -1 (random) or 0..{MAX_SEED - images + 1}")
     params: dict[str, Any] = {
         "num_inference_steps": request.steps, "guidance_scale": request.cfg_scale, "height": request.height,
-        "width": request.width, "scheduler": sampler,
+        "width": request.width, **sampling.params(),
     }
-    key: tuple | None = ("txt2img", request.width, request.height, request.steps, sampler, request.cfg_scale)
+    key: tuple | None = ("txt2img", request.width, request.height, request.steps, request.cfg_scale, sampling)
     if isinstance(request, Img2ImgRequest):
         if not request.init_images:
             raise UserInputError("img2img needs init_images: a list with one base64 image")
@@ -230,7 +213,7 @@ def png_base64(image: Image.Image, parameters: str) -> str:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def response(request: _Common, result: GenerationResult, model_name: str, model_hash: str) -> dict:
+def response(request: _Common, sampling: Sampling, result: GenerationResult, model_name: str, model_hash: str) -> dict:
     """A1111's TextToImageResponse / ImageToImageResponse."""
     parameters = request.model_dump()
     if isinstance(request, Img2ImgRequest) and not request.include_init_images:
@@ -242,16 +225,41 @@ def response(request: _Common, result: GenerationResult, model_name: str, model_
         "negative_prompt": request.negative_prompt, "all_negative_prompts": [request.negative_prompt] * n,
         "seed": result.seeds[0], "all_seeds": result.seeds, "subseed": -1, "all_subseeds": [-1] * n,
         "subseed_strength": 0, "width": request.width, "height": request.height,
-        "sampler_name": a1111_name(sampler_of(request)), "cfg_scale": request.cfg_scale, "steps": request.steps,
+        "sampler_name": a1111_name(sampling.scheduler), "cfg_scale": request.cfg_scale, "steps": request.steps,
         "batch_size": request.batch_size, "restore_faces": False, "face_restoration_model": None,
         "sd_model_name": model_name, "sd_model_hash": model_hash, "sd_vae_name": None, "sd_vae_hash": None,
         "seed_resize_from_w": -1, "seed_resize_from_h": -1,
         "denoising_strength": request.denoising_strength if isinstance(request, Img2ImgRequest) else None,
-        "extra_generation_params": {}, "index_of_first_image": 0, "infotexts": result.parameters, "styles": [],
-        "job_timestamp": time.strftime("%Y%m%d%H%M%S"), "clip_skip": 1,
+        "extra_generation_params": infotext_fields(sampling), "index_of_first_image": 0,
+        "infotexts": result.parameters, "styles": [], "job_timestamp": time.strftime("%Y%m%d%H%M%S"),
+        "clip_skip": sampling.clip_skip,
         "is_using_inpainting_conditioning": result.mode == "inpaint", "version": "sdrt",
     }
     return {"images": images, "parameters": parameters, "info": json.dumps(info)}
+
+
+# GET routes clients call at start-up, answered in A1111's shapes; empty since sdrt has nothing of these kinds
+# (upscalers, hires fix's latent upscaling, extra VAEs, hypernetworks, face restoration, styles, scripts, LoRAs and
+# embeddings).
+EMPTY_LISTINGS: dict[str, Any] = {
+    "/sdapi/v1/upscalers": [], "/sdapi/v1/latent-upscale-modes": [], "/sdapi/v1/sd-vae": [],
+    "/sdapi/v1/hypernetworks": [], "/sdapi/v1/face-restorers": [], "/sdapi/v1/realesrgan-models": [],
+    "/sdapi/v1/prompt-styles": [], "/sdapi/v1/embeddings": {"loaded": {}, "skipped": {}}, "/sdapi/v1/loras": [],
+    "/sdapi/v1/scripts": {"txt2img": [], "img2img": []}, "/sdapi/v1/script-info": [],
+}
+
+
+def memory() -> dict:
+    """A1111's MemoryResponse: this process's RAM (bytes) from /proc; "cuda" unavailable (sdrt runs no torch)."""
+    ram: dict[str, Any] = {"error": "unavailable"}
+    try:
+        meminfo = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
+        total = int(meminfo["MemTotal"].split()[0]) * 1024
+        used = int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        ram = {"free": total - used, "used": used, "total": total}
+    except (OSError, KeyError, ValueError):
+        pass
+    return {"ram": ram, "cuda": {"error": "unavailable"}}
 
 
 def samplers() -> list[dict]:

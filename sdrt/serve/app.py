@@ -21,7 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ValidationError
 
 from ..errors import SdrtError, UserInputError
-from . import a1111
+from . import a1111, settings
 from .access import Limits, authorized
 from .batcher import Batcher, QueueFull
 from .service import ServeOptions, Service
@@ -102,13 +102,15 @@ def create_app(folder: str | Path, options: ServeOptions = ServeOptions(), limit
             if not service.ready:
                 status = 503
                 return _error(503, service.error or "the model is still loading; retry shortly", **{"Retry-After": "5"})
-            refused = a1111.refused_fields(req, _options(service))
+            refused = a1111.refused_fields(req)
             if refused:
                 raise UserInputError(f"sdrt does not implement {', '.join(refused)}: send the default value or "
                                      "leave the field out")
+            _check_model(service, (req.override_settings or {}).get("sd_model_checkpoint"))
+            sampling = settings.sampling_of(req, service.a1111_options, service.pipe.manifest.family)
             limits.check(req.width, req.height, req.steps, (req.batch_size or 1) * (req.n_iter or 1),
                          [req.prompt or "", req.negative_prompt or ""])
-            job = a1111.job_of(req)
+            job = a1111.job_of(req, sampling)
             try:
                 future = batcher.submit(job)
             except QueueFull as e:
@@ -121,7 +123,7 @@ def create_app(folder: str | Path, options: ServeOptions = ServeOptions(), limit
                 return _error(504, f"the request waited longer than this server's timeout of {options.timeout:.0f} s "
                                   "(--timeout); retry, or ask for less")
             status = 200
-            return JSONResponse(a1111.response(req, result, service.model_name, service.model_hash),
+            return JSONResponse(a1111.response(req, sampling, result, service.model_name, service.model_hash),
                                 headers={"X-Queue-Wait": f"{job.started - job.enqueued:.4f}"})
         except UserInputError as e:
             status = 422
@@ -153,6 +155,23 @@ def create_app(folder: str | Path, options: ServeOptions = ServeOptions(), limit
     async def samplers():
         return a1111.samplers()
 
+    @app.get("/sdapi/v1/schedulers")
+    async def schedulers():
+        return settings.schedulers()
+
+    # What clients probe before they send a job, in A1111's shapes: sdrt has nothing of these kinds
+    for path, answer in a1111.EMPTY_LISTINGS.items():
+        app.add_api_route(path, _constant(answer), methods=["GET"])
+
+    @app.get("/sdapi/v1/memory")
+    async def memory():
+        return a1111.memory()
+
+    @app.get("/sdapi/v1/cmd-flags")
+    async def cmd_flags():
+        return {"api": True, "nowebui": True, "api_auth": None, "ckpt": str(folder),
+                "backend": get_service().options.backend}
+
     @app.get("/sdapi/v1/sd-models")
     async def sd_models():
         service = get_service()
@@ -172,14 +191,9 @@ def create_app(folder: str | Path, options: ServeOptions = ServeOptions(), limit
             return _error(422, f"the body is not JSON ({e})")
         if not isinstance(changes, dict):
             return _error(422, "options take a JSON object of option names and values")
-        current = _options(service)
-        model = changes.get("sd_model_checkpoint")
-        if model is not None and model not in (current["sd_model_checkpoint"], service.model_name):
-            return _error(422, f"this server serves one model ({current['sd_model_checkpoint']}) and cannot load "
-                              "another; start another sdrt serve for it")
-        ignored = sorted(k for k, v in changes.items() if k != "sd_model_checkpoint" and current.get(k) != v)
-        if ignored:
-            log.info("options not changeable here, ignored: %s", ", ".join(ignored))
+        _check_model(service, changes.pop("sd_model_checkpoint", None))
+        # kept as A1111 keeps them: the sampling ones apply to later requests, the rest change nothing here
+        service.a1111_options.update(settings.checked_options(changes))
         return {}
 
     @app.get("/sdapi/v1/progress")
@@ -271,9 +285,24 @@ def _invalid(errors: list[dict]) -> str:
 
 
 def _options(service: Service) -> dict:
-    return {"sd_model_checkpoint": f"{service.model_name} [{service.model_hash}]", "sd_checkpoint_hash": None,
-            "CLIP_stop_at_last_layers": 1, "eta_noise_seed_delta": 0, "samples_format": "png", "sd_vae": "Automatic",
-            "eta_ancestral": 1.0, "eta_ddim": 0.0}
+    return {**service.a1111_options, "sd_model_checkpoint": _title(service), "sd_checkpoint_hash": None}
+
+
+def _constant(answer):
+    async def route():
+        return answer
+    return route
+
+
+def _title(service: Service) -> str:
+    return f"{service.model_name} [{service.model_hash}]"
+
+
+def _check_model(service: Service, model) -> None:
+    """A request or option naming a checkpoint must name the one served (by title or name)."""
+    if model is not None and model not in (_title(service), service.model_name):
+        raise UserInputError(f"this server serves one model ({_title(service)}) and cannot load {model!r}; start "
+                             "another sdrt serve for it")
 
 
 async def _wait(request: Request, job, future: asyncio.Future, timeout: float):

@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from ..runtime import GenerationResult, Pipeline
 from .batcher import Job
+from .settings import OPTION_DEFAULTS
 
 log = logging.getLogger("sdrt")
 
@@ -77,6 +78,7 @@ class Service:
         self.error: str | None = None  # why loading failed
         self.progress = Progress()
         self.metrics = Metrics()
+        self.a1111_options = dict(OPTION_DEFAULTS)  # POST /sdapi/v1/options changes them (settings.py reads them)
         self._loading = threading.Lock()
 
     # -- start-up ------------------------------------------------------------------------------------------

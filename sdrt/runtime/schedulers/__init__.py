@@ -70,7 +70,7 @@ DIFFUSERS_CLASSES = {
     "DDPMScheduler": "ddpm",
     "LCMScheduler": "lcm",
 }
-_KARRAS = {"dpm++2m": "dpm++2m-karras", "dpm++sde": "dpm++sde-karras"}
+KARRAS_VARIANTS = {"dpm++2m": "dpm++2m-karras", "dpm++sde": "dpm++sde-karras"}  # sampler -> its Karras variant
 
 # Other names (k-diffusion's, AUTOMATIC1111's internal ones, ComfyUI's, shorthands). Every name is compared
 # ignoring case, spaces, '-' and '_', so "Euler a", "euler_a" and "EULER-A" are one name.
@@ -102,6 +102,8 @@ __all__ = [
     "A1111_NAMES",
     "ALIASES",
     "DIFFUSERS_CLASSES",
+    "KARRAS_VARIANTS",
+    "SCHEDULERS",
     "SCHEDULER_NAMES",
     "DDIMScheduler",
     "DDPMScheduler",
@@ -154,14 +156,14 @@ def default_sampler(scheduler_config: dict | None, fallback: str = "ddim") -> st
     ``use_karras_sigmas``); ``fallback`` for a class sdrt does not know."""
     config = scheduler_config or {}
     canonical = DIFFUSERS_CLASSES.get(config.get("_class_name", ""), fallback)
-    return _KARRAS.get(canonical, canonical) if config.get("use_karras_sigmas") else canonical
+    return KARRAS_VARIANTS.get(canonical, canonical) if config.get("use_karras_sigmas") else canonical
 
 
 def diffusers_equivalent(name: str) -> tuple[str, dict]:
     """The diffusers scheduler class that ``name`` ports, and the from_config arguments that select it
     (``"dpm++2m-karras"`` → ``("DPMSolverMultistepScheduler", {"use_karras_sigmas": True})``)."""
     canonical = canonical_name(name)
-    base = {karras: plain for plain, karras in _KARRAS.items()}.get(canonical, canonical)
+    base = {karras: plain for plain, karras in KARRAS_VARIANTS.items()}.get(canonical, canonical)
     cls = next(c for c, s in DIFFUSERS_CLASSES.items() if s == base)
     return cls, ({"use_karras_sigmas": True} if base != canonical else {})
 
