@@ -126,10 +126,10 @@ def cmd_build(args: argparse.Namespace) -> None:
     ranges = [args.min, args.opt, args.max]
     if any(ranges) and not all(ranges):
         raise UserInputError("a dynamic profile needs all of --min, --opt and --max (BATCHxHEIGHTxWIDTH)")
-    profiles = [static_profile(*parse_size(size), batch=args.batch, max_tokens=args.max_tokens or 75)
-                for size in args.static]
+    tokens = {"max_tokens": args.max_tokens} if args.max_tokens else {}  # else each kind's own default
+    profiles = [static_profile(*parse_size(size), batch=args.batch, **tokens) for size in args.static]
     if all(ranges):
-        profiles.append(dynamic_profile(args.min, args.opt, args.max, max_tokens=args.max_tokens or 150))
+        profiles.append(dynamic_profile(args.min, args.opt, args.max, **tokens))
     components = tuple(c.strip() for c in args.components.split(",")) if args.components else None
     outcomes = build(args.folder, args.backend, profiles or None, compute_capabilities=args.compute_capability,
                      components=components, refit=args.refit, cleanup=not args.no_cleanup, force=args.force)
@@ -196,7 +196,7 @@ def cmd_info(args: argparse.Namespace) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from .export.builtin import BUILTIN_MODELS
     from .manifest import DEFAULT_MAX_BATCH
-    from .runtime.pipeline import INPAINT_MODES
+    from .runtime.request import INPAINT_MODES
     from .runtime.schedulers import SCHEDULER_NAMES
 
     parser = argparse.ArgumentParser(prog="sdrt", description="Optimized Stable Diffusion inference runtime.")

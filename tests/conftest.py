@@ -42,5 +42,16 @@ def reference_pipeline():
     return get
 
 
+@pytest.fixture(scope="module")
+def pipelines(export_dir):
+    """The runtime Pipeline of ``tiny`` and ``tiny-sd2`` (epsilon and v-prediction), for a module's tests."""
+    from sdrt.runtime import Pipeline
+
+    loaded = {m: Pipeline.load(export_dir(m)) for m in ("tiny", "tiny-sd2")}
+    yield loaded
+    for p in loaded.values():
+        p.close()
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: needs an NVIDIA GPU and a TensorRT flavour; skipped elsewhere")

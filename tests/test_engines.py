@@ -22,7 +22,7 @@ from sdrt.engines.select import no_engine_message, pick, uncovered  # noqa: E402
 from sdrt.errors import BackendError, UserInputError  # noqa: E402
 from sdrt.manifest import load_manifest  # noqa: E402
 from sdrt.runtime import Pipeline  # noqa: E402
-from sdrt.runtime.backends.base import RunShape  # noqa: E402
+from sdrt.components import RunShape  # noqa: E402
 
 TARGETS = "8.6,8.9"
 GPU = local_gpu()

@@ -1,7 +1,8 @@
 import numpy as np
 from PIL import Image
 
-from sdrt.runtime.images import infotext, read_parameters, save_png, to_pil
+from sdrt.runtime.images import read_parameters, save_png, to_pil
+from sdrt.runtime.infotext import infotext
 
 
 def test_to_pil_rounds_like_diffusers():

@@ -23,14 +23,6 @@ def diffusers_run(pipe, sampler, latents=None, **kwargs):
     return final.numpy(), (image * 255).round().astype(np.uint8)
 
 
-@pytest.fixture(scope="module")
-def pipelines(export_dir):
-    loaded = {m: Pipeline.load(export_dir(m)) for m in ("tiny", "tiny-sd2")}
-    yield loaded
-    for p in loaded.values():
-        p.close()
-
-
 @pytest.mark.parametrize("model", ["tiny", "tiny-sd2"])  # epsilon and v-prediction
 @pytest.mark.parametrize("sampler", ["ddim", "pndm", "dpm++2m"])
 @pytest.mark.parametrize("size,negative", [((64, 64), "blurry, dark"), ((64, 96), None)])

@@ -95,14 +95,6 @@ def test_eta_and_s_noise_apply_only_where_the_sampler_has_them():
 # -- end to end, from a seed -----------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def pipelines(export_dir):
-    loaded = {m: Pipeline.load(export_dir(m)) for m in ("tiny", "tiny-sd2")}
-    yield loaded
-    for p in loaded.values():
-        p.close()
-
-
 def _reference(reference_pipeline, model, sampler):
     pipe = reference_pipeline(model)
     use_sampler(pipe, sampler)

@@ -17,17 +17,11 @@ from PIL import Image
 webuiapi = pytest.importorskip("webuiapi", reason="the test extra (webuiapi) is not installed")
 pytest.importorskip("fastapi", reason="the serve extra is not installed")
 
-from sdrt.runtime import Pipeline  # noqa: E402
 from sdrt.runtime.schedulers import canonical_name  # noqa: E402
 
-from test_serve import Server  # noqa: E402
+from test_serve import Server, folder, python_api  # noqa: E402,F401 (the tiny export and its Pipeline: fixtures)
 
 SIZE, STEPS = 64, 3
-
-
-@pytest.fixture(scope="module")
-def folder(export_dir):
-    return export_dir("tiny")
 
 
 @pytest.fixture(scope="module")
@@ -35,12 +29,6 @@ def server(folder):
     s = Server(folder)
     yield s
     s.close()
-
-
-@pytest.fixture(scope="module")
-def python_api(folder):
-    with Pipeline.load(folder) as pipe:
-        yield pipe
 
 
 def _client(server: Server, **kwargs) -> webuiapi.WebUIApi:

@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Callable
 
 
+from ..components import UNET
+from ..engines.profiles import component_shapes, static_profile
 from ..errors import SdrtError, UserInputError
 from ..manifest import MANIFEST_NAME, load_manifest
 from ..runtime.backends import KNOWN_BACKENDS
@@ -141,14 +143,11 @@ def bench_config(runners: dict, folder: Path, manifest, height: int, width: int,
             return out.timings
         return run
 
-    unet = manifest.components["unet"]
     cfg = 2 if opts.guidance > 1 else 1
-    text_dim = unet.input("encoder_hidden_states").shape[2]
-    flops = count_flops(folder / unet.file, {
-        "sample": (cfg * batch, unet.input("sample").shape[1], height // f, width // f),
-        "timestep": (cfg * batch,),
-        "encoder_hidden_states": (cfg * batch, 77, text_dim),
-    })
+    # the U-Net's input shapes of one step: a static profile's min runs without guidance, its max with it
+    shapes = component_shapes(manifest, UNET.name, static_profile(height, width, batch))
+    flops = count_flops(folder / manifest.components[UNET.name].file,
+                        {name: shape[2 if cfg == 2 else 0] for name, shape in shapes.items()})
     log(f"  {height}x{width} batch {batch}: {opts.warmup} warm-up + {opts.repeats} interleaved runs of "
         f"{', '.join(runners)}")
     stats = interleaved({name: run_of(name) for name in runners}, opts.warmup, opts.repeats)

@@ -1,8 +1,8 @@
 """One full generation per call, with per-stage timings, for each backend: ``torch`` (diffusers'
 StableDiffusionPipeline, the reference) and sdrt's own backends (the runtime ``Pipeline``).
 
-Stage times come from wrapping the component calls (the U-Net's forward, the backend's ``run``); nothing else is
-changed, so what is timed is what runs in production.
+Stage times come from the component calls: the backend's observer hook for sdrt, the U-Net's (and the other
+modules') forward wrapped for torch; nothing else is changed, so what is timed is what runs in production.
 """
 
 from __future__ import annotations
@@ -14,9 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ..components import TEXT_ENCODER, UNET, VAE_DECODER, describe
 from ..runtime.schedulers import diffusers_equivalent
 
-STAGES = ("text_encoder", "unet", "vae_decoder")
+STAGES = (TEXT_ENCODER.stage, UNET.stage, VAE_DECODER.stage)
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,8 @@ def _summarise(total: float, stages: dict[str, float], unet_calls: int) -> dict[
 
 
 class StageTimer:
-    """Seconds and calls per stage, from component calls wrapped by ``wrap``; ``reset`` before each run."""
+    """Seconds and calls per stage, from component calls (``observe``, or wrapped by ``wrap``); ``reset`` before
+    each run."""
 
     def __init__(self):
         self.seconds: dict[str, float] = defaultdict(float)
@@ -60,20 +62,22 @@ class StageTimer:
         self.seconds.clear()
         self.calls.clear()
 
-    def wrap(self, call, stage_of):
-        """``call`` timed; ``stage_of(args)`` names the stage (instrumentation only: the same call)."""
+    def observe(self, stage: str, seconds: float) -> None:
+        self.seconds[stage] += seconds
+        self.calls[stage] += 1
+
+    def wrap(self, call, stage: str):
+        """``call`` timed as ``stage`` (instrumentation only: the same call)."""
         def timed(*args, **kwargs):
             t0 = time.perf_counter()
             out = call(*args, **kwargs)
-            stage = stage_of(args)
-            self.seconds[stage] += time.perf_counter() - t0
-            self.calls[stage] += 1
+            self.observe(stage, time.perf_counter() - t0)
             return out
 
         return timed
 
     def summary(self, total: float) -> dict[str, float]:
-        return _summarise(total, dict(self.seconds), self.calls["unet"])
+        return _summarise(total, dict(self.seconds), self.calls[UNET.stage])
 
 
 class SdrtRunner:
@@ -86,7 +90,8 @@ class SdrtRunner:
         self.name = backend
         self.device = self.pipe.backend.device
         self.timer = StageTimer()
-        self.pipe.backend.run = self.timer.wrap(self.pipe.backend.run, lambda args: args[0])  # by component
+        self.pipe.backend.observers.append(lambda component, seconds: self.timer.observe(describe(component).stage,
+                                                                                         seconds))
 
     def __call__(self, r: Request) -> Output:
         self.timer.reset()
@@ -125,9 +130,9 @@ class TorchRunner:
         self.device = f"cpu ({torch.get_num_threads()} threads)"
         self._original_config = pipe.scheduler.config
         self.timer = StageTimer()
-        for stage, module, attr in (("text_encoder", pipe.text_encoder, "forward"), ("unet", pipe.unet, "forward"),
-                                    ("vae_decoder", pipe.vae, "decode")):
-            setattr(module, attr, self.timer.wrap(getattr(module, attr), lambda args, stage=stage: stage))
+        for stage, module, attr in ((TEXT_ENCODER.stage, pipe.text_encoder, "forward"), (UNET.stage, pipe.unet, "forward"),
+                                    (VAE_DECODER.stage, pipe.vae, "decode")):
+            setattr(module, attr, self.timer.wrap(getattr(module, attr), stage))
 
     def __call__(self, r: Request) -> Output:
         import torch

@@ -11,6 +11,7 @@ import math
 import re
 from dataclasses import dataclass
 
+from ..components import CHUNK_TOKENS, describe
 from ..errors import UserInputError
 from ..manifest import Manifest
 
@@ -42,7 +43,7 @@ class Profile:
             return f"{r[0]}{unit}" if r[0] == r[2] else f"{r[0]}..{r[2]}{unit} (opt {r[1]})"
 
         text = f"batch {span(self.batch)}, height {span(self.height)}, width {span(self.width)}"
-        return text + (f", up to {self.chunks[2] * 75} prompt tokens" if self.chunks[2] > 1 else "")
+        return text + (f", up to {self.chunks[2] * CHUNK_TOKENS} prompt tokens" if self.chunks[2] > 1 else "")
 
     def to_json(self) -> dict:
         return {"batch": list(self.batch), "height": list(self.height), "width": list(self.width),
@@ -53,12 +54,12 @@ class Profile:
         return cls(*(tuple(d[k]) for k in ("batch", "height", "width", "chunks")))
 
 
-def static_profile(height: int, width: int, batch: int = 1, max_tokens: int = 75) -> Profile:
+def static_profile(height: int, width: int, batch: int = 1, max_tokens: int = CHUNK_TOKENS) -> Profile:
     chunks = _chunks(max_tokens)
     return Profile((batch,) * 3, (height,) * 3, (width,) * 3, (1, 1, chunks))
 
 
-def dynamic_profile(low: str, opt: str, high: str, max_tokens: int = 150) -> Profile:
+def dynamic_profile(low: str, opt: str, high: str, max_tokens: int = 2 * CHUNK_TOKENS) -> Profile:
     """From ``--min 1x256x256 --opt 1x512x512 --max 4x768x768`` (BATCHxHEIGHTxWIDTH)."""
     parts = [parse_bhw(text, flag) for text, flag in ((low, "--min"), (opt, "--opt"), (high, "--max"))]
     ranges = tuple(tuple(p[i] for p in parts) for i in range(3))
@@ -87,7 +88,7 @@ def parse_bhw(text: str, flag: str = "size") -> tuple[int, int, int]:
 def _chunks(max_tokens: int) -> int:
     if max_tokens < 1:
         raise UserInputError(f"--max-tokens must be at least 1, got {max_tokens}")
-    return math.ceil(max_tokens / 75)
+    return math.ceil(max_tokens / CHUNK_TOKENS)
 
 
 def check_profile(profile: Profile, manifest: Manifest) -> None:
@@ -105,28 +106,6 @@ def check_profile(profile: Profile, manifest: Manifest) -> None:
 
 
 def component_shapes(manifest: Manifest, component: str, profile: Profile) -> dict[str, tuple[tuple[int, ...], ...]]:
-    """Input name -> (min, opt, max) shape of ``component`` under ``profile``, from the manifest's axis names.
-
-    The U-Net batch ("2B") runs from the batch without guidance to twice the batch with it; the text encoder
-    sees negative and positive prompts of every chunk in one call (prompts <= images, so 2·batch·chunks at most).
-    """
-    f = manifest.vae_scale_factor
-    tokens = manifest.tokenizers["tokenizer"].model_max_length if "tokenizer" in manifest.tokenizers else 77
-    b, c = profile.batch, profile.chunks
-    axes = {
-        "B": (b[0], b[1], b[2]),
-        "2B": (b[0], 2 * b[1], 2 * b[2]),
-        "H": profile.height, "W": profile.width,
-        "h": tuple(v // f for v in profile.height), "w": tuple(v // f for v in profile.width),
-    }
-    if component == "text_encoder":
-        axes |= {"B": (1, 2 * c[1], 2 * b[2] * c[2]), "T": (tokens,) * 3}
-    else:
-        axes |= {"T": tuple(tokens * n for n in c)}
-    spec = manifest.components[component]
-    shapes = {}
-    for t in spec.inputs:
-        dims = [axes[d] if isinstance(d, str) else (d, d, d) for d in t.shape]
-        shapes[t.name] = tuple(tuple(d[i] for d in dims) for i in range(3))
-    return shapes
-
+    """Input name -> (min, opt, max) shape of ``component`` under ``profile``, from its description's axis rules
+    (the U-Net's batch doubled by guidance, the text encoder's chunks of every prompt: see ``sdrt.components``)."""
+    return describe(component).input_shapes(manifest.components[component], profile, manifest.vae_scale_factor)

@@ -9,10 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..components import CHUNK_TOKENS, run_components
 from ..manifest import Manifest
 from .profiles import Profile, component_shapes, static_profile
-
-PIPELINE_COMPONENTS = ("text_encoder", "unet", "vae_decoder")  # every call; vae_encoder only with an init image
 
 
 def record_covers(record: dict, shapes: dict[str, tuple[int, ...]]) -> bool:
@@ -34,16 +33,15 @@ def pick(records: list[dict], component: str, shapes: dict[str, tuple[int, ...]]
 
 def profile_for(shape) -> Profile:
     """The static profile of exactly one pipeline call (``RunShape``): what auto-build builds for it."""
-    return static_profile(shape.height, shape.width, shape.batch, shape.chunks * 75)
+    return static_profile(shape.height, shape.width, shape.batch, shape.chunks * CHUNK_TOKENS)
 
 
 def uncovered(records: list[dict], manifest: Manifest, shape) -> list[str]:
     """The components of a pipeline call (``RunShape``) that no engine covers, judged on the component's own
     input shapes (a text encoder engine serves every image size), with and without guidance's doubled batch."""
     wanted = profile_for(shape)
-    needed = PIPELINE_COMPONENTS + (("vae_encoder",) if shape.encodes_image else ())
     missing = []
-    for component in needed:
+    for component in run_components(manifest, shape):
         ranges = component_shapes(manifest, component, wanted)
         ends = [{name: r[i] for name, r in ranges.items()} for i in (0, 2)]
         if not any(r["component"] == component and all(record_covers(r, e) for e in ends) for r in records):
@@ -54,7 +52,7 @@ def uncovered(records: list[dict], manifest: Manifest, shape) -> list[str]:
 def build_command(folder: Path, flavour: str, shape=None) -> str:
     if shape is None:
         return f"sdrt build {folder} --backend {flavour} --static HEIGHTxWIDTH --batch N"
-    tokens = f" --max-tokens {shape.chunks * 75}" if shape.chunks > 1 else ""
+    tokens = f" --max-tokens {shape.chunks * CHUNK_TOKENS}" if shape.chunks > 1 else ""
     return f"sdrt build {folder} --backend {flavour} --static {shape.height}x{shape.width} --batch {shape.batch}{tokens}"
 
 
@@ -63,7 +61,7 @@ def no_engine_message(folder: Path, flavour: str, component: str, records: list[
     built = sorted({Profile.from_json(r["profile"]).describe() for r in records if r["component"] == component})
     wanted = "these shapes" if shape is None else (
         f"batch {shape.batch} at {shape.height}x{shape.width}"
-        + (f" with {shape.chunks * 75} prompt tokens" if shape.chunks > 1 else ""))
+        + (f" with {shape.chunks * CHUNK_TOKENS} prompt tokens" if shape.chunks > 1 else ""))
     return (f"no {flavour} engine for {component} covers {wanted} (built profiles: {'; '.join(built) or 'none'}). "
             f"Build one: {build_command(folder, flavour, shape)} (or --min/--opt/--max for a range), "
             f"or load the backend as '{flavour}:auto-build'")

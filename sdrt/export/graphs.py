@@ -8,6 +8,8 @@ from typing import Callable
 
 import torch
 
+from ..components import (TEXT_ENCODER, UNET, VAE_DECODER, VAE_ENCODER, WINDOW, Denoiser, TextEncoder, VaeDecoder,
+                          VaeEncoder)
 from ..families import Family, TextEncoderSpec
 from ..manifest import TensorSpec
 
@@ -19,7 +21,7 @@ class Shape:
     batch: int
     latent_h: int
     latent_w: int
-    tokens: int = 77
+    tokens: int = WINDOW
 
 
 @dataclass(frozen=True)
@@ -98,7 +100,6 @@ def component_graphs(pipe, family: Family) -> list[ComponentGraph]:
     channels = unet.config.in_channels
     latent_channels = vae.config.latent_channels
     scale = 2 ** (len(vae.config.block_out_channels) - 1)
-    f32 = "float32"
 
     def ids(s: Shape, g):
         # validation runs at CLIP skip 2 where the encoder has the layers (1 is the same graph minus an offset)
@@ -122,42 +123,14 @@ def component_graphs(pipe, family: Family) -> list[ComponentGraph]:
 
     (text_spec,) = family.text_encoders
     return [
+        ComponentGraph(TEXT_ENCODER.name, TextEncoderGraph(pipe.text_encoder, text_spec), *TextEncoder.io(text_dim),
+                       ids),
         ComponentGraph(
-            "text_encoder",
-            TextEncoderGraph(pipe.text_encoder, text_spec),
-            (TensorSpec("input_ids", "int32", ("B", "T")), TensorSpec("clip_skip", "int32", (1,))),
-            (TensorSpec("last_hidden_state", f32, ("B", "T", text_dim)),),
-            ids,
-        ),
-        ComponentGraph(
-            "unet",
-            UNetGraph(unet),
-            (
-                TensorSpec("sample", f32, ("2B", channels, "h", "w")),
-                TensorSpec("timestep", f32, ("2B",)),
-                TensorSpec("encoder_hidden_states", f32, ("2B", "T", text_dim)),
-            ),
-            (TensorSpec("noise_pred", f32, ("2B", unet.config.out_channels, "h", "w")),),
-            unet_inputs,
+            UNET.name, UNetGraph(unet), *Denoiser.io(channels, unet.config.out_channels, text_dim), unet_inputs,
             # The sinusoidal timestep embedding of t up to 999 loses whole radians in fp16;
             # diffusers computes it in fp32 for fp16 models too.
             fp32_scopes=("/unet/time_proj/",),
         ),
-        ComponentGraph(
-            "vae_decoder",
-            VaeDecoderGraph(vae),
-            (TensorSpec("latent", f32, ("B", latent_channels, "h", "w")),),
-            (TensorSpec("image", f32, ("B", 3, "H", "W")),),
-            latent,
-        ),
-        ComponentGraph(
-            "vae_encoder",
-            VaeEncoderGraph(vae),
-            (TensorSpec("image", f32, ("B", 3, "H", "W")),),
-            (
-                TensorSpec("latent", f32, ("B", latent_channels, "h", "w")),
-                TensorSpec("latent_std", f32, ("B", latent_channels, "h", "w")),
-            ),
-            image,
-        ),
+        ComponentGraph(VAE_DECODER.name, VaeDecoderGraph(vae), *VaeDecoder.io(latent_channels), latent),
+        ComponentGraph(VAE_ENCODER.name, VaeEncoderGraph(vae), *VaeEncoder.io(latent_channels), image),
     ]

@@ -90,39 +90,6 @@ def to_pil(images: np.ndarray) -> list[Image.Image]:
     return [Image.fromarray(img) for img in (images * 255).round().astype("uint8")]
 
 
-def infotext(
-    prompt: str,
-    negative_prompt: str,
-    *,
-    steps: int,
-    sampler: str,
-    cfg_scale: float,
-    seed: int,
-    width: int,
-    height: int,
-    model_hash: str,
-    model: str | None = None,
-    extra: dict[str, object] | None = None,
-) -> str:
-    """The generation parameters in AUTOMATIC1111's text format (what its PNG Info tab reads)."""
-    lines = [prompt]
-    if negative_prompt:
-        lines.append(f"Negative prompt: {negative_prompt}")
-    fields: dict[str, object] = {
-        "Steps": steps,
-        "Sampler": sampler,
-        "CFG scale": f"{cfg_scale:g}",
-        "Seed": seed,
-        "Size": f"{width}x{height}",
-        "Model hash": model_hash,
-    }
-    if model:
-        fields["Model"] = model
-    fields.update(extra or {})
-    lines.append(", ".join(f"{k}: {v}" for k, v in fields.items()))
-    return "\n".join(lines)
-
-
 def save_png(image: Image.Image, path: str | Path, parameters: str) -> Path:
     """Write ``image`` with a ``parameters`` text chunk, atomically."""
     info = PngInfo()

@@ -93,13 +93,7 @@ class Service:
         try:
             pipe = Pipeline.load(self.folder, backend=self.options.backend)
             calls = self.metrics.component_calls
-            run = pipe.backend.run
-
-            def counted(component, feeds):
-                calls.labels(component).inc()
-                return run(component, feeds)
-
-            pipe.backend.run = counted
+            pipe.backend.observers.append(lambda component, seconds: calls.labels(component).inc())
             if self.options.warmup:
                 size = pipe.manifest.default_size
                 pipe("warm-up", num_inference_steps=1, height=size, width=size, seed=0)

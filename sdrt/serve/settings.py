@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import UserInputError
-from ..runtime.pipeline import sampling_infotext
+from ..runtime.infotext import sampling_infotext
 from ..runtime.schedulers import KARRAS_VARIANTS, SCHEDULERS, a1111_name, canonical_name
 
 # A1111's defaults for the options clients read, and for those that change the image.

@@ -8,23 +8,15 @@ Output arrays may be buffers the backend reuses: copy them if you keep them past
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
+from ...components import RunShape
 from ...errors import BackendError
 from ...manifest import ComponentSpec, Manifest
-
-
-@dataclass(frozen=True)
-class RunShape:
-    """What one pipeline call will run, in the user's terms: told to the backend before any graph runs."""
-    batch: int  # images
-    height: int
-    width: int
-    chunks: int = 1  # 75-token prompt chunks
-    encodes_image: bool = False  # img2img / inpainting also run the VAE encoder
 
 
 class Backend(ABC):
@@ -34,6 +26,8 @@ class Backend(ABC):
         self.folder: Path | None = None
         self.manifest: Manifest | None = None
         self.device = "unknown"  # what the backend really runs on, e.g. "CPUExecutionProvider"
+        # called as observe(component, seconds) after every run: timing and counting (sdrt bench, sdrt serve)
+        self.observers: list[Callable[[str, float], None]] = []
 
     def load(self, folder: Path, manifest: Manifest) -> Backend:
         self.folder, self.manifest = Path(folder), manifest
@@ -50,7 +44,11 @@ class Backend(ABC):
             if value.ndim != len(t.shape):
                 raise BackendError(f"{component} input {t.name!r} must have {len(t.shape)} dims {t.shape}, got {value.shape}")
             checked[t.name] = np.ascontiguousarray(value, dtype=t.dtype)
-        return self.run_impl(component, checked)
+        started = time.perf_counter()
+        outputs = self.run_impl(component, checked)
+        for observe in self.observers:
+            observe(component, time.perf_counter() - started)
+        return outputs
 
     def prepare(self, shape: RunShape) -> None:
         """Called once per pipeline call before the first graph runs: a backend with fixed shapes (TensorRT

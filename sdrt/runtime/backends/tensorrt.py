@@ -22,7 +22,8 @@ from ...engines.select import build_command, no_engine_message, pick, profile_fo
 from ...engines.store import engine_records, trusted
 from ...errors import BackendError
 from ...fileio import write_bytes
-from .base import Backend, RunShape
+from ...components import RunShape
+from .base import Backend
 
 log = logging.getLogger("sdrt")
 

@@ -1,0 +1,162 @@
+"""Each component of an export described once: its graph's inputs and outputs (names, dtypes, named axes), how
+those axes follow from a pipeline call (images, size, prompt chunks), and when a call runs it.
+
+The exporter (``export/graphs.py`` adds the torch module and sample inputs), ``sdrt build``'s profiles, engine
+selection, the runtime and ``sdrt bench`` all read these descriptions, so none of them repeats a component name,
+an axis rule or CLIP's token window. A family with other components (SDXL's second text encoder, a ControlNet)
+describes them here and in its own code, without new branches elsewhere. Torch-free: the runtime imports it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from .manifest import Manifest, TensorSpec
+
+CHUNK_TOKENS = 75  # AUTOMATIC1111's prompt chunk: CLIP's window less BOS and EOS
+WINDOW = CHUNK_TOKENS + 2  # CLIP's 77 tokens
+
+Range = tuple[int, int, int]  # min, opt, max
+
+
+@dataclass(frozen=True)
+class RunShape:
+    """What one pipeline call runs, in the user's terms: told to the backend before any graph runs."""
+    batch: int  # images
+    height: int
+    width: int
+    chunks: int = 1  # 75-token prompt chunks
+    encodes_image: bool = False  # img2img / inpainting also run the VAE encoder
+
+
+class Bounds(Protocol):
+    """A range of pipeline calls, per quantity (min, opt, max): an engine profile (``engines.profiles.Profile``)."""
+    batch: Range
+    height: Range
+    width: Range
+    chunks: Range
+
+
+class Component:
+    """One graph of an export. ``stage`` groups components for timing ("text_encoder" for every text encoder)."""
+
+    name = ""
+    stage = ""
+
+    def axes(self, bounds: Bounds, vae_factor: int) -> dict[str, Range]:
+        """Each named axis of the graph's inputs as (min, opt, max) over ``bounds``."""
+        raise NotImplementedError
+
+    def runs_in(self, shape: RunShape) -> bool:
+        """Whether a pipeline call of this shape runs this component."""
+        return True
+
+    def input_shapes(self, spec, bounds: Bounds, vae_factor: int) -> dict[str, tuple[tuple[int, ...], ...]]:
+        """Input name → (min, opt, max) shape under ``bounds``, from the graph's named axes (``spec`` is the
+        manifest's ComponentSpec; fixed dimensions stay as they are)."""
+        axes = self.axes(bounds, vae_factor)
+        shapes = {}
+        for t in spec.inputs:
+            dims = [axes[d] if isinstance(d, str) else (d, d, d) for d in t.shape]
+            shapes[t.name] = tuple(tuple(d[i] for d in dims) for i in range(3))
+        return shapes
+
+
+def _latent(bounds: Bounds, f: int) -> dict[str, Range]:
+    return {"h": tuple(v // f for v in bounds.height), "w": tuple(v // f for v in bounds.width)}
+
+
+class TextEncoder(Component):
+    """``input_ids`` [B, T] (+ ``clip_skip`` [1]) → ``last_hidden_state`` [B, T, D] (+ ``pooled`` [B, E]).
+    B counts token sequences: every chunk of every negative and positive prompt of a call in one run."""
+
+    stage = "text_encoder"
+
+    def __init__(self, name: str = "text_encoder"):
+        self.name = name
+
+    def axes(self, bounds: Bounds, vae_factor: int) -> dict[str, Range]:
+        b, c = bounds.batch, bounds.chunks  # prompts <= images: one prompt alone at least, all of them at most
+        return {"B": (1, 2 * c[1], 2 * b[2] * c[2]), "T": (WINDOW,) * 3}
+
+    @staticmethod
+    def io(hidden: int, pooled: int | None = None) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+        outputs = (TensorSpec("last_hidden_state", "float32", ("B", "T", hidden)),)
+        if pooled:
+            outputs += (TensorSpec("pooled", "float32", ("B", pooled)),)
+        return (TensorSpec("input_ids", "int32", ("B", "T")), TensorSpec("clip_skip", "int32", (1,))), outputs
+
+
+class Denoiser(Component):
+    """``sample`` [2B, C, h, w], ``timestep`` [2B] and the conditioning bundle (``encoder_hidden_states``
+    [2B, T, D] and the family's extras, all batched as the sample) → ``noise_pred``. 2B runs from the images of a
+    call without guidance to twice them with it (negatives and positives in one call); T = 77 per prompt chunk."""
+
+    stage = "unet"
+
+    def __init__(self, name: str = "unet"):
+        self.name = name
+
+    def axes(self, bounds: Bounds, vae_factor: int) -> dict[str, Range]:
+        b = bounds.batch
+        return {"2B": (b[0], 2 * b[1], 2 * b[2]), "T": tuple(WINDOW * n for n in bounds.chunks),
+                **_latent(bounds, vae_factor)}
+
+    @staticmethod
+    def io(channels: int, out_channels: int, text_dim: int,
+           extras: tuple[TensorSpec, ...] = ()) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+        inputs = (TensorSpec("sample", "float32", ("2B", channels, "h", "w")),
+                  TensorSpec("timestep", "float32", ("2B",)),
+                  TensorSpec("encoder_hidden_states", "float32", ("2B", "T", text_dim))) + tuple(extras)
+        return inputs, (TensorSpec("noise_pred", "float32", ("2B", out_channels, "h", "w")),)
+
+
+class VaeDecoder(Component):
+    """``latent`` [B, C, h, w] (unscaled) → ``image`` [B, 3, H, W] in [-1, 1]."""
+
+    name = stage = "vae_decoder"
+
+    def axes(self, bounds: Bounds, vae_factor: int) -> dict[str, Range]:
+        return {"B": bounds.batch, **_latent(bounds, vae_factor)}
+
+    @staticmethod
+    def io(latent_channels: int) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+        return ((TensorSpec("latent", "float32", ("B", latent_channels, "h", "w")),),
+                (TensorSpec("image", "float32", ("B", 3, "H", "W")),))
+
+
+class VaeEncoder(Component):
+    """``image`` [B, 3, H, W] → the posterior's ``latent`` (mean) and ``latent_std`` [B, C, h, w]; run only by
+    image to image and inpainting, one image at a time."""
+
+    name = stage = "vae_encoder"
+
+    def axes(self, bounds: Bounds, vae_factor: int) -> dict[str, Range]:
+        return {"B": bounds.batch, "H": bounds.height, "W": bounds.width}
+
+    def runs_in(self, shape: RunShape) -> bool:
+        return shape.encodes_image
+
+    @staticmethod
+    def io(latent_channels: int) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+        latent = ("B", latent_channels, "h", "w")
+        return ((TensorSpec("image", "float32", ("B", 3, "H", "W")),),
+                (TensorSpec("latent", "float32", latent), TensorSpec("latent_std", "float32", latent)))
+
+
+TEXT_ENCODER, UNET, VAE_DECODER, VAE_ENCODER = TextEncoder(), Denoiser(), VaeDecoder(), VaeEncoder()
+COMPONENTS: dict[str, Component] = {c.name: c for c in (TEXT_ENCODER, UNET, VAE_DECODER, VAE_ENCODER)}
+
+
+def describe(name: str) -> Component:
+    """The description of the component called ``name`` in a manifest."""
+    try:
+        return COMPONENTS[name]
+    except KeyError:
+        raise KeyError(f"no component description for {name!r} (known: {', '.join(COMPONENTS)})") from None
+
+
+def run_components(manifest: Manifest, shape: RunShape) -> list[str]:
+    """The components of ``manifest`` that a pipeline call of ``shape`` runs."""
+    return [name for name in manifest.components if describe(name).runs_in(shape)]
