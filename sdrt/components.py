@@ -146,7 +146,8 @@ class VaeEncoder(Component):
 
 
 TEXT_ENCODER, UNET, VAE_DECODER, VAE_ENCODER = TextEncoder(), Denoiser(), VaeDecoder(), VaeEncoder()
-COMPONENTS: dict[str, Component] = {c.name: c for c in (TEXT_ENCODER, UNET, VAE_DECODER, VAE_ENCODER)}
+TEXT_ENCODER_2 = TextEncoder("text_encoder_2")  # SDXL's OpenCLIP ViT-bigG, with the pooled output
+COMPONENTS: dict[str, Component] = {c.name: c for c in (TEXT_ENCODER, TEXT_ENCODER_2, UNET, VAE_DECODER, VAE_ENCODER)}
 
 
 def describe(name: str) -> Component:

@@ -51,7 +51,7 @@ FAMILIES: dict[str, Family] = {
         ("text_embeds", "time_ids"),
         1024,
         (512, 1536),
-        False,
+        True,
     ),
 }
 

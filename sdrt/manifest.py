@@ -67,6 +67,7 @@ class Manifest:
     source: dict[str, Any]
     tools: dict[str, str]
     text_layers: int = 0  # hidden layers of the text encoder, the most CLIP skip can count back (0: not recorded)
+    zero_empty_negative: bool = False  # no negative prompt conditions with zeros (SDXL's force_zeros_for_empty_prompt)
     validation: dict[str, Any] = field(default_factory=dict)
     engines: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION

@@ -65,6 +65,21 @@ def test_static_engines_are_built_and_recorded(folder):
     assert not list((folder / "engines").glob("*.tmp"))  # nothing half-written
 
 
+def test_sdxl_engines_take_the_extra_inputs(export_dir, tmp_path):
+    """tiny-sdxl fp16 (its VAE kept fp32), ahead of time: both text encoders, and the U-Net's profile covers the
+    pooled embeddings and time ids with the guidance-doubled batch."""
+    out = tmp_path / "sdxl16"
+    shutil.copytree(export_dir("tiny-sdxl", fp16=True), out)
+    outcomes = build(out, "tensorrt-rtx", [static_profile(64, 64)], compute_capabilities="8.9")
+    assert sorted(o.component for o in outcomes if o.status == "built") == [
+        "text_encoder", "text_encoder_2", "unet", "vae_decoder", "vae_encoder"]
+    unet = next(r for r in _records(out, "unet"))
+    assert unet["shapes"]["text_embeds"] == [[1, 40], [2, 40], [2, 40]]
+    assert unet["shapes"]["time_ids"] == [[1, 6], [2, 6], [2, 6]]
+    assert unet["shapes"]["encoder_hidden_states"][2] == [2, 77, 96]
+    assert next(r for r in _records(out, "vae_decoder"))["precision"] == "fp32"
+
+
 def test_same_inputs_are_a_cache_hit(folder):
     stamps = {p: p.stat().st_mtime_ns for p in (folder / "engines").glob("*.plan")}
     outcomes = build(folder, "tensorrt-rtx", [static_profile(64, 64)], compute_capabilities="8.9,8.6")

@@ -2,7 +2,7 @@
 
 Nothing is downloaded. ``shapes`` carries weights trained by ``scripts/train_shapes.py`` (stored
 as fp16 safetensors in ``sdrt/data/weights/shapes``): it draws what it is told. The others have
-random weights drawn from a seed: ``tiny``, ``tiny-sd2`` and ``tiny-inpaint`` are small enough
+random weights drawn from a seed: ``tiny``, ``tiny-sd2``, ``tiny-inpaint`` and ``tiny-sdxl`` are small enough
 for structural tests; ``sd15-arch`` and ``sd21-arch`` have full-size configs so benchmarks do real-sized work.
 """
 
@@ -31,6 +31,7 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
     "tiny": BuiltinModel("tiny", (64, 512)),
     "tiny-sd2": BuiltinModel("tiny-sd2", (64, 512)),
     "tiny-inpaint": BuiltinModel("tiny-inpaint", (64, 512)),  # a 9-channel inpainting U-Net
+    "tiny-sdxl": BuiltinModel("tiny-sdxl", (64, 512)),  # two text encoders (of other widths), pooled embeds, time ids
     "sd15-arch": BuiltinModel("sd15", (256, 1024)),
     "sd21-arch": BuiltinModel("sd21", (256, 1024)),
 }
@@ -68,29 +69,37 @@ def load_weights(pipe, folder: Path) -> None:
 
 
 def build_random_pipeline(arch: str, seed: int = DEFAULT_SEED):
-    """A StableDiffusionPipeline from ``sdrt/data/arch/<arch>`` with weights drawn from ``seed``."""
+    """The diffusers pipeline ``model_index.json`` of ``sdrt/data/arch/<arch>`` names, each network made from its
+    config with weights drawn from ``seed``."""
     import diffusers
     import torch
-    from transformers import CLIPTextConfig, CLIPTextModel
+    import transformers
 
     root = ARCH_DIR / arch
-    text_config = {k: v for k, v in _json(root / "text_encoder" / "config.json").items() if k not in ("architectures", "model_type")}
-    scheduler_config = _json(root / "scheduler" / "scheduler_config.json")
-    scheduler_cls = getattr(diffusers, scheduler_config["_class_name"])
-
+    index = _json(root / "model_index.json")
+    parts: dict = {}
     # fork_rng keeps the caller's global torch RNG untouched.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        unet = diffusers.UNet2DConditionModel.from_config(_json(root / "unet" / "config.json"))
-        vae = diffusers.AutoencoderKL.from_config(_json(root / "vae" / "config.json"))
-        text_encoder = CLIPTextModel(CLIPTextConfig(**text_config))
-    return diffusers.StableDiffusionPipeline(
-        vae=vae.eval(),
-        text_encoder=text_encoder.eval(),
-        tokenizer=clip_tokenizer(_json(root / "tokenizer" / "tokenizer_config.json")),
-        unet=unet.eval(),
-        scheduler=scheduler_cls.from_config(scheduler_config),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+        for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
+            if name not in index:
+                continue
+            config = _json(root / name / "config.json")
+            if name.startswith("text_encoder"):  # CLIPTextModel, or CLIPTextModelWithProjection (pooled output)
+                cls = getattr(transformers, config["architectures"][0])
+                fields = {k: v for k, v in config.items() if k not in ("architectures", "model_type")}
+                parts[name] = cls(transformers.CLIPTextConfig(**fields)).eval()
+            else:
+                parts[name] = getattr(diffusers, index[name][1]).from_config(config).eval()
+    for name in ("tokenizer", "tokenizer_2"):
+        if name in index:
+            parts[name] = clip_tokenizer(_json(root / name / "tokenizer_config.json"))
+    scheduler_config = _json(root / "scheduler" / "scheduler_config.json")
+    parts["scheduler"] = getattr(diffusers, scheduler_config["_class_name"]).from_config(scheduler_config)
+    pipeline_class = index["_class_name"]
+    if pipeline_class == "StableDiffusionXLPipeline":
+        extra = {"force_zeros_for_empty_prompt": index.get("force_zeros_for_empty_prompt", True),
+                 "add_watermarker": False}
+    else:
+        extra = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
+    return getattr(diffusers, pipeline_class)(**parts, **extra)

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from ..errors import ExportError
+from ..components import VAE_DECODER, VAE_ENCODER
 from ..families import detect_family
 from ..manifest import DEFAULT_MAX_BATCH, MANIFEST_NAME, ComponentSpec, Manifest, TokenizerSpec
 from ..fileio import write_json, write_text
@@ -77,6 +78,14 @@ def _tokenizer_spec(tokenizer, folder: Path, name: str) -> TokenizerSpec:
     )
 
 
+def _graph_precision(name: str, pipe, precision: str) -> str:
+    """A graph's precision: the export's, except a VAE that overflows in fp16 (its config's ``force_upcast``, as
+    SDXL's: black or NaN images), which stays fp32, as diffusers upcasts it."""
+    if precision == "fp16" and name in (VAE_DECODER.name, VAE_ENCODER.name) and pipe.vae.config.get("force_upcast"):
+        return "fp32"
+    return precision
+
+
 def export(
     model: str,
     out: str | Path,
@@ -102,7 +111,7 @@ def export(
     prediction_type = scheduler_config.get("prediction_type", "epsilon")
     family = detect_family(type(pipe).__name__, pipe.text_encoder.config.hidden_size, prediction_type)
     if not family.exportable:
-        raise ExportError(f"{family.description} export is not supported yet; SD 1.x and 2.x are.")
+        raise ExportError(f"{family.description} export is not supported yet; SD 1.x, 2.x and XL are.")
     scale = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
     size_range = size_range or loaded.size_range or family.size_range
     if size_range[0] % 8 or size_range[1] % 8 or size_range[0] > size_range[1]:
@@ -114,15 +123,16 @@ def export(
         components, checks = {}, []
         for graph in component_graphs(pipe, family):
             t0 = time.perf_counter()
+            graph_precision = _graph_precision(graph.name, pipe, precision)
             proto = onnx_io.trace_to_onnx(graph, _trace_shape(size_range, scale))
-            if fp16:
+            if graph_precision == "fp16":
                 proto = onnx_io.to_fp16(proto, graph)
             file, data, digest = onnx_io.save(proto, tmp, graph.name)
             del proto
-            components[graph.name] = ComponentSpec(file, digest, precision, graph.inputs, graph.outputs, data)
-            log.info("exported %s in %.1f s", graph.name, time.perf_counter() - t0)
+            components[graph.name] = ComponentSpec(file, digest, graph_precision, graph.inputs, graph.outputs, data)
+            log.info("exported %s (%s) in %.1f s", graph.name, graph_precision, time.perf_counter() - t0)
             if validate:
-                checks += validate_graph(graph, tmp / file, precision, _validation_shapes(size_range, scale))
+                checks += validate_graph(graph, tmp / file, graph_precision, _validation_shapes(size_range, scale))
 
         text = report(checks) if validate else "validation skipped (--no-validate)"
         write_text(tmp / "validation.txt", text + "\n")
@@ -137,7 +147,8 @@ def export(
             family=family.name,
             precision=precision,
             components=components,
-            tokenizers={"tokenizer": _tokenizer_spec(pipe.tokenizer, tmp, "tokenizer")},
+            tokenizers={t.tokenizer: _tokenizer_spec(getattr(pipe, t.tokenizer), tmp, t.tokenizer)
+                        for t in family.text_encoders},
             scheduler_config=scheduler_config,
             prediction_type=prediction_type,
             latent_channels=pipe.vae.config.latent_channels,
@@ -149,7 +160,10 @@ def export(
             model_hash=loaded.model_hash,
             source={"kind": loaded.kind, "model": loaded.name},
             tools=_tool_versions(),
-            text_layers=int(pipe.text_encoder.config.num_hidden_layers),
+            # CLIP skip counts back from each encoder's own layer (SDXL's is the penultimate one)
+            text_layers=min(getattr(pipe, t.component).config.num_hidden_layers - (t.hidden_state != "last")
+                            for t in family.text_encoders),
+            zero_empty_negative=bool(getattr(pipe.config, "force_zeros_for_empty_prompt", False)),
             validation={"file": "validation.json", "passed": bool(checks) and not failed, "checks": len(checks),
                         "export_seconds": round(time.perf_counter() - started, 2)},
         )

@@ -8,8 +8,7 @@ from typing import Callable
 
 import torch
 
-from ..components import (TEXT_ENCODER, UNET, VAE_DECODER, VAE_ENCODER, WINDOW, Denoiser, TextEncoder, VaeDecoder,
-                          VaeEncoder)
+from ..components import UNET, VAE_DECODER, VAE_ENCODER, WINDOW, Denoiser, TextEncoder, VaeDecoder, VaeEncoder
 from ..families import Family, TextEncoderSpec
 from ..manifest import TensorSpec
 
@@ -63,12 +62,16 @@ class TextEncoderGraph(torch.nn.Module):
 
 
 class UNetGraph(torch.nn.Module):
-    def __init__(self, unet: torch.nn.Module):
-        super().__init__()
-        self.unet = unet
+    """The U-Net with the conditioning bundle as named inputs: ``encoder_hidden_states`` and the family's extras
+    (SDXL's ``text_embeds`` and ``time_ids``, diffusers' ``added_cond_kwargs``)."""
 
-    def forward(self, sample, timestep, encoder_hidden_states):
-        return self.unet(sample, timestep, encoder_hidden_states, return_dict=False)[0]
+    def __init__(self, unet: torch.nn.Module, extra_names: tuple[str, ...] = ()):
+        super().__init__()
+        self.unet, self.extra_names = unet, extra_names
+
+    def forward(self, sample, timestep, encoder_hidden_states, *extras):
+        added = dict(zip(self.extra_names, extras)) or None
+        return self.unet(sample, timestep, encoder_hidden_states, added_cond_kwargs=added, return_dict=False)[0]
 
 
 class VaeDecoderGraph(torch.nn.Module):
@@ -92,28 +95,28 @@ class VaeEncoderGraph(torch.nn.Module):
 
 
 def component_graphs(pipe, family: Family) -> list[ComponentGraph]:
-    """The four graphs of an SD 1.x/2.x pipeline, wrapped with the contract's IO names."""
+    """The graphs of a pipeline of ``family``, wrapped with the contract's IO names: its text encoders, the U-Net
+    (with the family's extra conditioning inputs), the VAE decoder and encoder."""
     unet, vae = pipe.unet, pipe.vae
-    text_dim = pipe.text_encoder.config.hidden_size
-    vocab = pipe.text_encoder.config.vocab_size
-    text_layers = pipe.text_encoder.config.num_hidden_layers
     channels = unet.config.in_channels
     latent_channels = vae.config.latent_channels
     scale = 2 ** (len(vae.config.block_out_channels) - 1)
-
-    def ids(s: Shape, g):
-        # validation runs at CLIP skip 2 where the encoder has the layers (1 is the same graph minus an offset)
-        skip = torch.tensor([min(2, text_layers)], dtype=torch.int32)
-        return {"input_ids": torch.randint(0, vocab, (s.batch, s.tokens), generator=g, dtype=torch.int32),
-                "clip_skip": skip}
+    text_dim = unet.config.cross_attention_dim
+    extras = unet_extras(pipe, family)
 
     def unet_inputs(s: Shape, g):
         b = 2 * s.batch  # classifier-free guidance: negative and positive in one call
-        return {
+        inputs = {
             "sample": torch.randn(b, channels, s.latent_h, s.latent_w, generator=g),
             "timestep": torch.randint(0, 1000, (b,), generator=g).float(),
             "encoder_hidden_states": torch.randn(b, s.tokens, text_dim, generator=g),
         }
+        for spec in extras:  # SDXL: pooled text embeddings, and time ids as sizes in pixels
+            size = (b, spec.shape[1])
+            inputs[spec.name] = (torch.randn(*size, generator=g) if spec.name != "time_ids"
+                                 else torch.tensor([s.latent_h * scale, s.latent_w * scale, 0, 0, s.latent_h * scale,
+                                                    s.latent_w * scale, 6.0][: spec.shape[1]], dtype=torch.float32).repeat(b, 1))
+        return inputs
 
     def latent(s: Shape, g):
         return {"latent": torch.randn(s.batch, latent_channels, s.latent_h, s.latent_w, generator=g)}
@@ -121,12 +124,11 @@ def component_graphs(pipe, family: Family) -> list[ComponentGraph]:
     def image(s: Shape, g):
         return {"image": torch.rand(s.batch, 3, s.latent_h * scale, s.latent_w * scale, generator=g) * 2 - 1}
 
-    (text_spec,) = family.text_encoders
     return [
-        ComponentGraph(TEXT_ENCODER.name, TextEncoderGraph(pipe.text_encoder, text_spec), *TextEncoder.io(text_dim),
-                       ids),
+        *(text_encoder_graph(pipe, spec) for spec in family.text_encoders),
         ComponentGraph(
-            UNET.name, UNetGraph(unet), *Denoiser.io(channels, unet.config.out_channels, text_dim), unet_inputs,
+            UNET.name, UNetGraph(unet, tuple(t.name for t in extras)),
+            *Denoiser.io(channels, unet.config.out_channels, text_dim, extras), unet_inputs,
             # The sinusoidal timestep embedding of t up to 999 loses whole radians in fp16;
             # diffusers computes it in fp32 for fp16 models too.
             fp32_scopes=("/unet/time_proj/",),
@@ -134,3 +136,29 @@ def component_graphs(pipe, family: Family) -> list[ComponentGraph]:
         ComponentGraph(VAE_DECODER.name, VaeDecoderGraph(vae), *VaeDecoder.io(latent_channels), latent),
         ComponentGraph(VAE_ENCODER.name, VaeEncoderGraph(vae), *VaeEncoder.io(latent_channels), image),
     ]
+
+
+def text_encoder_graph(pipe, spec: TextEncoderSpec) -> ComponentGraph:
+    encoder = getattr(pipe, spec.component)
+    config = encoder.config
+    pooled = getattr(config, "projection_dim", None) if spec.pooled else None
+
+    def ids(s: Shape, g):
+        # validation runs at CLIP skip 2 where the encoder has the layers (1 is the same graph minus an offset)
+        skip = torch.tensor([min(2, config.num_hidden_layers - (spec.hidden_state != "last"))], dtype=torch.int32)
+        return {"input_ids": torch.randint(0, config.vocab_size, (s.batch, s.tokens), generator=g, dtype=torch.int32),
+                "clip_skip": skip}
+
+    return ComponentGraph(spec.component, TextEncoderGraph(encoder, spec), *TextEncoder.io(config.hidden_size, pooled),
+                          ids)
+
+
+def unet_extras(pipe, family: Family) -> tuple[TensorSpec, ...]:
+    """The U-Net's conditioning inputs beyond encoder_hidden_states (SDXL: the pooled ``text_embeds`` and the
+    ``time_ids``: 6 sizes, or the refiner's 5 with its aesthetic score), with their widths from the configs."""
+    config = pipe.unet.config
+    if "text_embeds" not in family.unet_extra_inputs:
+        return ()
+    pooled = pipe.text_encoder_2.config.projection_dim
+    time_ids = (config.projection_class_embeddings_input_dim - pooled) // config.addition_time_embed_dim
+    return (TensorSpec("text_embeds", "float32", ("2B", pooled)), TensorSpec("time_ids", "float32", ("2B", time_ids)))

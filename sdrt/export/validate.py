@@ -54,10 +54,10 @@ def validate_graph(graph: ComponentGraph, onnx_path: Path, precision: str, shape
 
 
 def report(checks: list[Check]) -> str:
-    lines = [f"{'component':<13} {'output':<18} {'max abs':>10} {'rel err':>10} {'tol':>7}  result  inputs"]
+    lines = [f"{'component':<15} {'output':<18} {'max abs':>10} {'rel err':>10} {'tol':>7}  result  inputs"]
     for c in checks:
         lines.append(
-            f"{c.component:<13} {c.output:<18} {c.max_abs_error:>10.3e} {c.relative_error:>10.3e} {c.tolerance:>7.0e}  "
+            f"{c.component:<15} {c.output:<18} {c.max_abs_error:>10.3e} {c.relative_error:>10.3e} {c.tolerance:>7.0e}  "
             f"{'ok' if c.passed else 'FAIL':<6}  {c.shape}"
         )
     return "\n".join(lines)

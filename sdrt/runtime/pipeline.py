@@ -111,6 +111,8 @@ class Pipeline:
         eta: float | None = None,
         s_noise: float | None = None,
         clip_skip: int = 1,
+        prompt_2: str | list[str] | None = None,
+        negative_prompt_2: str | list[str] | None = None,
     ) -> GenerationResult:
         """Generate images: text to image; with ``image``, image to image (``strength`` 0..1 of the schedule is run,
         default 0.8); with ``image`` and ``mask_image`` (white = repaint), inpainting (default strength 1); with
@@ -128,10 +130,12 @@ class Pipeline:
         ``eta`` is η where the sampler has one: DDIM's (default 0, deterministic; diffusers' ``eta``) and the scale of
         the fresh noise of Euler a and DPM++ SDE (default 1; k-diffusion's ``eta``); ``s_noise`` scales that noise
         (default 1). Samplers without them ignore them, as diffusers and AUTOMATIC1111 do. ``clip_skip`` counts as
-        AUTOMATIC1111 does: 1 = the text encoder's last layer, 2 = the one before (diffusers' ``clip_skip=1``)."""
+        AUTOMATIC1111 does: 1 = the text encoder's last layer, 2 = the one before (diffusers' ``clip_skip=1``); for
+        SDXL, 1 is its own penultimate layer. ``prompt_2`` and ``negative_prompt_2`` go to SDXL's second text
+        encoder (default: the same prompts), as diffusers'."""
         job = make_job(self, prompt, negative_prompt, num_inference_steps, guidance_scale, height, width, seed,
                        scheduler, num_images, latents, callback, noise, image, mask_image, strength, outpaint,
-                       inpaint_mode, weighting, eta, s_noise, clip_skip)
+                       inpaint_mode, weighting, eta, s_noise, clip_skip, prompt_2, negative_prompt_2)
         if job.mask is not None:
             final, timings = self._inpaint(job)
         elif job.init is not None:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 from PIL import Image
 
-from ..components import TEXT_ENCODER, UNET
+from ..components import TEXT_ENCODER, TEXT_ENCODER_2, UNET
 from ..errors import ManifestError, UserInputError
 from . import images as imageio
 from .noise import MAX_SEED, PerImageGenerators, make_generator, random_seed
@@ -30,7 +30,7 @@ class Job:
     """One checked request, as the mode functions need it."""
 
     prompts: list[str]
-    negatives: list[str]
+    negatives: list[str]  # "" where none was given
     num_images: int
     steps: int
     guidance_scale: float
@@ -54,6 +54,8 @@ class Job:
     latents: np.ndarray | None = None  # text to image's initial noise, when given
     outpaint: tuple[int, int, int, int] | None = None
     source: Image.Image | None = field(default=None, repr=False)  # the input image as given (for its hash)
+    prompts_2: list[str] = field(default_factory=list)  # the second text encoder's (SDXL), else the prompts
+    negatives_2: list[str] = field(default_factory=list)
 
     @property
     def batch(self) -> int:
@@ -66,12 +68,13 @@ class Job:
 
 def make_job(pipe: Pipeline, prompt, negative_prompt, num_inference_steps, guidance_scale, height, width, seed,
              scheduler, num_images, latents, callback, noise, image, mask_image, strength, outpaint, inpaint_mode,
-             weighting, eta, s_noise, clip_skip) -> Job:
+             weighting, eta, s_noise, clip_skip, prompt_2=None, negative_prompt_2=None) -> Job:
     """The Job of a ``Pipeline.__call__`` (same arguments), every value checked and every default filled in."""
     m = pipe.manifest
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
     sampler = canonical_name(scheduler or pipe.default_sampler)
     negatives = _negatives(negative_prompt, len(prompts))
+    prompts_2, negatives_2 = _second_prompts(pipe, prompt_2, negative_prompt_2, prompts, negatives)
 
     source = None if image is None else imageio.load_image(image)
     mode, picture, mask_picture = _read_images(source, mask_image, outpaint, m.vae_scale_factor)
@@ -112,7 +115,7 @@ def make_job(pipe: Pipeline, prompt, negative_prompt, num_inference_steps, guida
         seed, generator = seeds[0], PerImageGenerators([make_generator(s, noise) for s in seeds])
     return Job(prompts, negatives, num_images, num_inference_steps, guidance_scale, sampler, height, width, generator,
                callback, weighting, eta, s_noise, clip_skip, mode, seed, seeds, noise, strength, use_model, init, mask,
-               latents, outpaint, source)
+               latents, outpaint, source, prompts_2, negatives_2)
 
 
 def _read_images(image: Image.Image | None, mask_image, outpaint,
@@ -172,6 +175,19 @@ def _check_clip_skip(pipe: Pipeline, clip_skip) -> None:
                             "export the model again to use it")
     if layers and clip_skip > layers:
         raise UserInputError(f"clip skip {clip_skip} is more than the {layers} layers of this text encoder")
+
+
+def _second_prompts(pipe: Pipeline, prompt_2, negative_prompt_2, prompts, negatives) -> tuple[list[str], list[str]]:
+    """The second text encoder's prompts (SDXL's ``prompt_2``, ``negative_prompt_2``): the first ones by default."""
+    if prompt_2 is None and negative_prompt_2 is None:
+        return prompts, negatives
+    if TEXT_ENCODER_2.name not in pipe.manifest.components:
+        raise UserInputError("prompt_2 and negative_prompt_2 are for models with a second text encoder (SDXL); "
+                             "this one has one: put everything in prompt and negative_prompt")
+    second = prompts if prompt_2 is None else ([prompt_2] if isinstance(prompt_2, str) else list(prompt_2))
+    if len(second) != len(prompts) or not all(isinstance(p, str) for p in second):
+        raise UserInputError(f"give prompt_2 as one string or one per prompt ({len(prompts)}), got {prompt_2!r}")
+    return second, negatives if negative_prompt_2 is None else _negatives(negative_prompt_2, len(prompts))
 
 
 def _negatives(negative_prompt, n: int) -> list[str]:

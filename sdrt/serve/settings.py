@@ -42,7 +42,9 @@ NUMBERS = ("eta_ddim", "eta_ancestral", "s_churn", "s_tmin", "s_tmax", "s_noise"
 TIMESTEPS_SAMPLERS = {"ddim", "pndm", "unipc"}
 CHURN_SAMPLERS = {"euler", "heun"}  # k-diffusion's sample_euler/sample_heun take s_churn, s_tmin, s_tmax, s_noise
 S_NOISE_SAMPLERS = {"dpm++sde", "dpm++sde-karras"}  # A1111 passes s_noise to sample_dpmpp_sde (not to Euler a)
-CLIP_SKIP_FAMILIES = {"sd1", "sdxl"}  # A1111 ignores CLIP skip for SD 2.x's OpenCLIP
+# A1111 applies CLIP skip to SD 1.x only: SD 2.x's OpenCLIP ignores it, and SDXL's encoders take their penultimate
+# layer (CLIP-L's follows CLIP skip only with the sdxl_clip_l_skip option, which sdrt refuses)
+CLIP_SKIP_FAMILIES = {"sd1"}
 
 # A1111's schedule types (GET /sdapi/v1/schedulers); sdrt runs "Automatic" and, where a sampler has it, "Karras".
 SCHEDULES = {"automatic": ("Automatic", -1.0, False), "karras": ("Karras", 7.0, False)}
