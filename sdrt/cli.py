@@ -63,7 +63,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
         bar.update(1)
 
     backend = ":".join([args.backend] + ([args.precision] if args.precision else []) + ([args.weights] if args.weights else []))
-    with Pipeline.load(args.folder, backend=backend) as pipe:
+    with Pipeline.load(args.folder, backend=backend, refiner=args.refiner) as pipe:
         print(f"backend: {pipe.backend.name} on {pipe.backend.device}")
         try:
             result = pipe(
@@ -87,6 +87,9 @@ def cmd_generate(args: argparse.Namespace) -> None:
                 eta=args.eta,
                 s_noise=args.s_noise,
                 clip_skip=args.clip_skip,
+                prompt_2=args.prompt_2,
+                negative_prompt_2=args.negative_prompt_2,
+                refiner_switch_at=args.refiner_switch_at if args.refiner else None,
             )
         finally:
             if bar is not None:
@@ -240,6 +243,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("folder", help="export folder (from sdrt export)")
     p.add_argument("--prompt", required=True, help="AUTOMATIC1111 syntax: (word:1.3), (word), [word], BREAK; any length")
     p.add_argument("--negative-prompt", default=None)
+    p.add_argument("--prompt-2", default=None, help="SDXL: the second text encoder's prompt (default: --prompt)")
+    p.add_argument("--negative-prompt-2", default=None, help="SDXL: the second text encoder's negative prompt")
+    p.add_argument("--refiner", metavar="OUT", help="SDXL: the export of a refiner that takes over the schedule's end")
+    p.add_argument("--refiner-switch-at", type=float, default=0.8,
+                   help="with --refiner: the fraction of the schedule the base runs (default 0.8)")
     p.add_argument("--no-weighting", action="store_true", help="read brackets in prompts as plain text (as diffusers)")
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale")

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-FamilyName = Literal["sd1", "sd2", "sdxl"]
+FamilyName = Literal["sd1", "sd2", "sdxl", "sdxl-refiner"]
 
 
 @dataclass(frozen=True)
@@ -53,13 +53,24 @@ FAMILIES: dict[str, Family] = {
         (512, 1536),
         True,
     ),
+    # The refiner: OpenCLIP ViT-bigG alone, and aesthetic scores in its time ids (5 instead of 6)
+    "sdxl-refiner": Family(
+        "sdxl-refiner",
+        "Stable Diffusion XL refiner (OpenCLIP ViT-bigG, pooled embeddings, time ids with aesthetic scores)",
+        (TextEncoderSpec("text_encoder_2", "tokenizer_2", "penultimate", False, True),),
+        ("text_embeds", "time_ids"),
+        1024,
+        (512, 1536),
+        True,
+    ),
 }
 
 
-def detect_family(pipeline_class: str, text_hidden_size: int, prediction_type: str) -> Family:
-    """Tell the family from facts every diffusers folder states (model_index.json and configs)."""
+def detect_family(pipeline_class: str, text_hidden_size: int | None, prediction_type: str) -> Family:
+    """Tell the family from facts every diffusers folder states (model_index.json and configs);
+    ``text_hidden_size`` is None where the pipeline has no first text encoder (the SDXL refiner)."""
     if "XL" in pipeline_class:
-        return FAMILIES["sdxl"]
+        return FAMILIES["sdxl"] if text_hidden_size else FAMILIES["sdxl-refiner"]
     if text_hidden_size == 1024 or prediction_type == "v_prediction":
         return FAMILIES["sd2"]
     return FAMILIES["sd1"]

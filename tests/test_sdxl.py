@@ -149,3 +149,44 @@ def test_sdxl_serves_automatic1111s_api(export_dir, sdxl):
     # A1111 zeros an empty negative prompt on SDXL and ignores CLIP skip there (its encoders take their own layer)
     alone = sdxl(PROMPT, seed=4, scheduler="euler", **KW)
     assert np.array_equal(np.asarray(served.convert("RGB")), np.asarray(alone.images[0]))
+
+
+@pytest.fixture(scope="module")
+def base_and_refiner(export_dir):
+    with Pipeline.load(export_dir("tiny-sdxl"), refiner=export_dir("tiny-sdxl-refiner")) as pipe:
+        yield pipe
+
+
+@pytest.mark.parametrize("sampler", ["euler", "euler-a", "heun", "dpm++2m"])  # euler-a: the refiner continues the seed
+def test_base_and_refiner_match_diffusers_hand_over(base_and_refiner, reference_pipeline, sampler):
+    base, refiner = reference_pipeline("tiny-sdxl"), reference_pipeline("tiny-sdxl-refiner")
+    refiner.set_progress_bar_config(disable=True)
+    use_sampler(base, sampler)
+    use_sampler(refiner, sampler)
+    generator = torch.Generator().manual_seed(42)  # one stream through both, as the runtime draws them
+    kwargs = dict(prompt=PROMPT, negative_prompt="dark", num_inference_steps=10, guidance_scale=6.0, generator=generator,
+                  output_type="latent")
+    with torch.no_grad():
+        handed = base(height=64, width=96, denoising_end=0.7, **kwargs).images
+        expected = refiner(image=handed, denoising_start=0.7, **kwargs).images.numpy()
+    ours = base_and_refiner(PROMPT, negative_prompt="dark", scheduler=sampler, seed=42, refiner_switch_at=0.7,
+                            **{**KW, "num_inference_steps": 10})
+    assert np.abs(ours.latents - expected).max() / np.abs(expected).max() < 1e-4
+    assert "Refiner: tiny-sdxl-refiner [" in ours.parameters[0] and "Refiner switch at: 0.7" in ours.parameters[0]
+
+
+def test_the_refiner_alone_is_an_image_to_image_model(export_dir, reference_pipeline):
+    init = Image.fromarray(np.random.default_rng(4).integers(0, 256, (64, 96, 3), dtype=np.uint8))
+    ref = reference_pipeline("tiny-sdxl-refiner")
+    use_sampler(ref, "euler")
+    with Pipeline.load(export_dir("tiny-sdxl-refiner")) as refiner:
+        ours = refiner(PROMPT, negative_prompt="dark", image=init, strength=0.5, seed=8, **KW)
+    _assert_matches(ours, _diffusers(ref, 8, prompt=PROMPT, negative_prompt="dark", image=init, strength=0.5))
+
+
+def test_refiner_mistakes_say_what_to_do(sdxl, base_and_refiner):
+    with pytest.raises(UserInputError, match="needs a refiner"):
+        sdxl(PROMPT, refiner_switch_at=0.8, **KW)
+    for bad in (0, 1, 1.5, "0.8"):
+        with pytest.raises(UserInputError, match="between 0 and 1"):
+            base_and_refiner(PROMPT, refiner_switch_at=bad, **KW)

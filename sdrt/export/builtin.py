@@ -32,6 +32,7 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
     "tiny-sd2": BuiltinModel("tiny-sd2", (64, 512)),
     "tiny-inpaint": BuiltinModel("tiny-inpaint", (64, 512)),  # a 9-channel inpainting U-Net
     "tiny-sdxl": BuiltinModel("tiny-sdxl", (64, 512)),  # two text encoders (of other widths), pooled embeds, time ids
+    "tiny-sdxl-refiner": BuiltinModel("tiny-sdxl-refiner", (64, 512)),  # the second encoder alone, aesthetic scores
     "sd15-arch": BuiltinModel("sd15", (256, 1024)),
     "sd21-arch": BuiltinModel("sd21", (256, 1024)),
 }
@@ -84,6 +85,9 @@ def build_random_pipeline(arch: str, seed: int = DEFAULT_SEED):
         for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
             if name not in index:
                 continue
+            if index[name][0] is None:  # listed as absent: an SDXL refiner has no first text encoder
+                parts[name] = None
+                continue
             config = _json(root / name / "config.json")
             if name.startswith("text_encoder"):  # CLIPTextModel, or CLIPTextModelWithProjection (pooled output)
                 cls = getattr(transformers, config["architectures"][0])
@@ -92,14 +96,16 @@ def build_random_pipeline(arch: str, seed: int = DEFAULT_SEED):
             else:
                 parts[name] = getattr(diffusers, index[name][1]).from_config(config).eval()
     for name in ("tokenizer", "tokenizer_2"):
-        if name in index:
+        if index.get(name, [None])[0] is not None:
             parts[name] = clip_tokenizer(_json(root / name / "tokenizer_config.json"))
+        elif name in index:
+            parts[name] = None
     scheduler_config = _json(root / "scheduler" / "scheduler_config.json")
     parts["scheduler"] = getattr(diffusers, scheduler_config["_class_name"]).from_config(scheduler_config)
     pipeline_class = index["_class_name"]
-    if pipeline_class == "StableDiffusionXLPipeline":
-        extra = {"force_zeros_for_empty_prompt": index.get("force_zeros_for_empty_prompt", True),
-                 "add_watermarker": False}
+    if pipeline_class.startswith("StableDiffusionXL"):
+        extra = {k: index[k] for k in ("force_zeros_for_empty_prompt", "requires_aesthetics_score") if k in index}
+        extra["add_watermarker"] = False
     else:
         extra = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
     return getattr(diffusers, pipeline_class)(**parts, **extra)

@@ -109,7 +109,9 @@ def export(
     scheduler_config = {k: v for k, v in dict(pipe.scheduler.config).items() if not k.startswith("_")}
     scheduler_config["_class_name"] = type(pipe.scheduler).__name__
     prediction_type = scheduler_config.get("prediction_type", "epsilon")
-    family = detect_family(type(pipe).__name__, pipe.text_encoder.config.hidden_size, prediction_type)
+    text_encoder = getattr(pipe, "text_encoder", None)
+    family = detect_family(type(pipe).__name__, text_encoder.config.hidden_size if text_encoder else None,
+                           prediction_type)
     if not family.exportable:
         raise ExportError(f"{family.description} export is not supported yet; SD 1.x, 2.x and XL are.")
     scale = 2 ** (len(pipe.vae.config.block_out_channels) - 1)

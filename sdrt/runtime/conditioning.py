@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..components import TEXT_ENCODER, TEXT_ENCODER_2
+from ..components import TEXT_ENCODER, TEXT_ENCODER_2, UNET
 from ..errors import ManifestError
 from ..manifest import Manifest
 from .backends import Backend
@@ -59,33 +59,38 @@ class ClipConditioner:
 
 
 class SdxlConditioner:
-    """SDXL: two CLIP text encoders, each with AUTOMATIC1111's weighting and chunks, their penultimate hidden
-    states concatenated (``encoder_hidden_states``); the second one's pooled embedding of each prompt's first chunk
-    (``text_embeds``, as A1111; diffusers' with one chunk); the micro-conditioning ``time_ids`` (original size,
-    crop's top-left corner, target size: diffusers' defaults, the image's size and no crop). An empty negative
-    prompt conditions with zeros where the model says so (``force_zeros_for_empty_prompt``, as diffusers and A1111)."""
+    """SDXL: two CLIP text encoders (the refiner: the second alone), each with AUTOMATIC1111's weighting and chunks,
+    their penultimate hidden states concatenated (``encoder_hidden_states``); the second one's pooled embedding of
+    each prompt's first chunk (``text_embeds``, as A1111; diffusers' with one chunk); the micro-conditioning
+    ``time_ids``: original size, the crop's top-left corner, and the target size (the base) or the aesthetic score
+    (the refiner), with diffusers' defaults (the image's size, no crop, 6.0 and 2.5 for the negatives). An empty
+    negative prompt conditions with zeros where the model says so (``force_zeros_for_empty_prompt``, as diffusers
+    and A1111)."""
 
     ENCODERS = ((TEXT_ENCODER, "tokenizer"), (TEXT_ENCODER_2, "tokenizer_2"))
 
     def __init__(self, folder, manifest: Manifest, backend: Backend):
         self.manifest, self.backend = manifest, backend
-        self.tokenizers = [ClipTokenizer(folder, manifest.tokenizers[name]) for _, name in self.ENCODERS]
+        self.encoders = [(c, ClipTokenizer(folder, manifest.tokenizers[t])) for c, t in self.ENCODERS
+                         if c.name in manifest.components]
+        self.time_ids = manifest.components[UNET.name].input("time_ids").shape[1]  # 6, or the refiner's 5
 
     def tokenize(self, job: Job) -> Tokens:
+        # the i-th encoder present gets the i-th prompts (as diffusers: a refiner's one encoder gets ``prompt``)
         texts = [(job.negatives + job.prompts) if job.do_cfg else job.prompts,
-                 (job.negatives_2 + job.prompts_2) if job.do_cfg else job.prompts_2]  # per encoder
-        per_encoder = [[tokenize_prompt(t, text, job.weighting) for text in encoder_texts]
-                       for t, encoder_texts in zip(self.tokenizers, texts)]
+                 (job.negatives_2 + job.prompts_2) if job.do_cfg else job.prompts_2]
+        per_encoder = [[tokenize_prompt(tokenizer, text, job.weighting) for text in encoder_texts]
+                       for (_, tokenizer), encoder_texts in zip(self.encoders, texts)]
         n = max(len(p) for prompts in per_encoder for p in prompts)
         if n > 1:
-            per_encoder = [[p.padded(n, tokenize_prompt(t, "", job.weighting)) for p in prompts]
-                           for t, prompts in zip(self.tokenizers, per_encoder)]
-        return Tokens([p for prompts in per_encoder for p in prompts], n)  # encoder 1's prompts, then encoder 2's
+            per_encoder = [[p.padded(n, tokenize_prompt(tokenizer, "", job.weighting)) for p in prompts]
+                           for (_, tokenizer), prompts in zip(self.encoders, per_encoder)]
+        return Tokens([p for prompts in per_encoder for p in prompts], n)  # encoder by encoder
 
     def encode(self, tokens: Tokens, job: Job) -> Conditioning:
-        count, n = len(tokens.prompts) // 2, tokens.chunks
+        count, n = len(tokens.prompts) // len(self.encoders), tokens.chunks
         hidden, pooled = [], None
-        for k, (component, _) in enumerate(self.ENCODERS):
+        for k, (component, _) in enumerate(self.encoders):
             prompts = tokens.prompts[k * count:(k + 1) * count]
             out = self.backend.run(component.name, {"input_ids": np.concatenate([p.ids for p in prompts]),
                                                     "clip_skip": np.array([job.clip_skip], dtype=np.int32)})
@@ -95,16 +100,23 @@ class SdxlConditioner:
             if "pooled" in out:
                 pooled = out["pooled"].astype(np.float32).reshape(count, n, -1)[:, 0]
         hidden = np.concatenate(hidden, axis=-1)
-        if job.do_cfg and self.manifest.zero_empty_negative:
+        negatives = len(job.negatives) if job.do_cfg else 0
+        if negatives and self.manifest.zero_empty_negative:
             empty = np.array([not text for text in job.negatives] + [False] * len(job.prompts))  # as diffusers
             hidden[empty], pooled[empty] = 0.0, 0.0
-        time_ids = np.array([job.height, job.width, 0, 0, job.height, job.width], dtype=np.float32)
-        repeat = job.num_images
-        return {"encoder_hidden_states": np.repeat(hidden, repeat, axis=0), "text_embeds": np.repeat(pooled, repeat, axis=0),
-                "time_ids": np.tile(time_ids, (count * repeat, 1))}
+        time_ids = np.stack([self._time_ids(job, negative=i < negatives) for i in range(count)])
+        return {name: np.repeat(value, job.num_images, axis=0)
+                for name, value in (("encoder_hidden_states", hidden), ("text_embeds", pooled), ("time_ids", time_ids))}
+
+    def _time_ids(self, job: Job, negative: bool) -> np.ndarray:
+        size = (job.height, job.width)
+        if self.time_ids == 5:
+            return np.array([*size, 0, 0, job.negative_aesthetic_score if negative else job.aesthetic_score],
+                            dtype=np.float32)
+        return np.array([*size, 0, 0, *size], dtype=np.float32)
 
 
-CONDITIONERS = {"sd1": ClipConditioner, "sd2": ClipConditioner, "sdxl": SdxlConditioner}
+CONDITIONERS = {"sd1": ClipConditioner, "sd2": ClipConditioner, "sdxl": SdxlConditioner, "sdxl-refiner": SdxlConditioner}
 
 
 def conditioner_for(folder, manifest: Manifest, backend: Backend):

@@ -46,9 +46,9 @@ def infotext(
     return "\n".join(lines)
 
 
-def image_parameters(job: Job, manifest: Manifest) -> list[str]:
+def image_parameters(job: Job, manifest: Manifest, more: dict[str, object] | None = None) -> list[str]:
     """One infotext per image of ``job``, in the order of its images (each prompt's images side by side)."""
-    extra = mode_infotext(job) | sampling_infotext(job.sampler, job.eta, job.s_noise, job.clip_skip)
+    extra = mode_infotext(job) | sampling_infotext(job.sampler, job.eta, job.s_noise, job.clip_skip) | (more or {})
     pairs = [(p, n) for p, n in zip(job.prompts, job.negatives) for _ in range(job.num_images)]
     return [
         infotext(p, n, steps=job.steps, sampler=a1111_name(job.sampler), cfg_scale=job.guidance_scale, seed=s,

@@ -58,23 +58,33 @@ class GenerationResult:
 class Pipeline:
     """``Pipeline.load(folder, backend=...)`` then call it like a diffusers pipeline."""
 
-    def __init__(self, folder: Path, manifest: Manifest, backend: Backend):
+    def __init__(self, folder: Path, manifest: Manifest, backend: Backend, refiner: Pipeline | None = None):
         self.folder, self.manifest, self.backend = folder, manifest, backend
         self.conditioner = conditioner_for(folder, manifest, backend)
+        self.refiner = refiner  # an SDXL refiner that can take over the end of the schedule
         # the scheduler the model ships with (its scheduler_config class) names the default sampler
         self.default_sampler = default_sampler(manifest.scheduler_config)
 
     @classmethod
-    def load(cls, folder: str | Path, backend: str | Backend = "onnxruntime") -> Pipeline:
+    def load(cls, folder: str | Path, backend: str | Backend = "onnxruntime", refiner: str | Path | None = None) -> Pipeline:
+        """``refiner``: the export of an SDXL refiner, run on the same kind of backend, for ``refiner_switch_at``."""
         folder = Path(folder)
         manifest = load_manifest(folder)
         engine = create_backend(backend, manifest) if isinstance(backend, str) else backend
         engine.load(folder, manifest)
         log.debug("backend: %s on %s", engine.name, engine.device)
-        return cls(folder, manifest, engine)
+        second = None
+        if refiner is not None:
+            second = cls.load(refiner, backend if isinstance(backend, str) else engine.name)
+            if second.manifest.latent_channels != manifest.latent_channels or second.refiner is not None:
+                second.close()
+                raise UserInputError(f"{refiner} cannot refine {folder}'s latents (an SDXL refiner refines an SDXL base)")
+        return cls(folder, manifest, engine, second)
 
     def close(self) -> None:
         self.backend.close()
+        if self.refiner is not None:
+            self.refiner.close()
 
     def __enter__(self) -> Pipeline:
         return self
@@ -113,6 +123,9 @@ class Pipeline:
         clip_skip: int = 1,
         prompt_2: str | list[str] | None = None,
         negative_prompt_2: str | list[str] | None = None,
+        refiner_switch_at: float | None = None,
+        aesthetic_score: float = 6.0,
+        negative_aesthetic_score: float = 2.5,
     ) -> GenerationResult:
         """Generate images: text to image; with ``image``, image to image (``strength`` 0..1 of the schedule is run,
         default 0.8); with ``image`` and ``mask_image`` (white = repaint), inpainting (default strength 1); with
@@ -132,23 +145,50 @@ class Pipeline:
         (default 1). Samplers without them ignore them, as diffusers and AUTOMATIC1111 do. ``clip_skip`` counts as
         AUTOMATIC1111 does: 1 = the text encoder's last layer, 2 = the one before (diffusers' ``clip_skip=1``); for
         SDXL, 1 is its own penultimate layer. ``prompt_2`` and ``negative_prompt_2`` go to SDXL's second text
-        encoder (default: the same prompts), as diffusers'."""
+        encoder (default: the same prompts), as diffusers'. ``refiner_switch_at`` (0..1, with a refiner loaded) runs
+        the base down to that fraction of the schedule and the refiner from there, as diffusers' ``denoising_end`` /
+        ``denoising_start`` hand-over; ``aesthetic_score`` / ``negative_aesthetic_score`` condition a refiner."""
         job = make_job(self, prompt, negative_prompt, num_inference_steps, guidance_scale, height, width, seed,
                        scheduler, num_images, latents, callback, noise, image, mask_image, strength, outpaint,
-                       inpaint_mode, weighting, eta, s_noise, clip_skip, prompt_2, negative_prompt_2)
-        if job.mask is not None:
+                       inpaint_mode, weighting, eta, s_noise, clip_skip, prompt_2, negative_prompt_2, aesthetic_score,
+                       negative_aesthetic_score)
+        switch, extra = self._check_refiner(refiner_switch_at, job)
+        if switch is not None:  # the base down to the switch, the refiner from there, and its VAE
+            final, timings = self._txt2img(job, end=switch)
+            final, refined = self.refiner._refine(job, final, start=switch)
+            timings |= {f"refiner_{stage}": seconds for stage, seconds in refined.items()}
+            images = self.refiner._decode(final, timings)
+        elif job.mask is not None:
             final, timings = self._inpaint(job)
+            images = self._decode(final, timings)
         elif job.init is not None:
             final, timings = self._img2img(job)
+            images = self._decode(final, timings)
         else:
             final, timings = self._txt2img(job)
-        images = self._decode(final, timings)
-        return GenerationResult(images, final, job.seed, image_parameters(job, self.manifest), timings, job.mode,
-                                job.seeds)
+            images = self._decode(final, timings)
+        return GenerationResult(images, final, job.seed, image_parameters(job, self.manifest, extra), timings,
+                                job.mode, job.seeds)
+
+    def _check_refiner(self, switch, job: Job) -> tuple[float | None, dict]:
+        """The switch point, and what the PNG parameters say of the refiner (as AUTOMATIC1111 writes it)."""
+        if switch is None:
+            return None, {}
+        if self.refiner is None:
+            raise UserInputError("refiner_switch_at needs a refiner: Pipeline.load(BASE, refiner=REFINER), "
+                                 "--refiner REFINER")
+        if isinstance(switch, bool) or not isinstance(switch, (int, float)) or not 0 < switch < 1:
+            raise UserInputError(f"refiner_switch_at is the fraction of the schedule the base runs, between 0 and 1 "
+                                 f"(exclusive), got {switch!r}")
+        if job.mode != "txt2img":
+            raise UserInputError("the refiner takes over text to image; refine an image with the refiner's own export "
+                                 "as image to image")
+        m = self.refiner.manifest
+        return float(switch), {"Refiner": f"{m.source.get('model')} [{m.model_hash}]", "Refiner switch at": switch}
 
     # -- the modes ---------------------------------------------------------------------------------------
 
-    def _txt2img(self, job: Job):
+    def _txt2img(self, job: Job, end: float | None = None):
         timings: dict[str, float] = {}
         # 1. the conditioning: the prompts encoded
         conditioning = self._condition(job, timings)
@@ -164,8 +204,18 @@ class Pipeline:
                 raise UserInputError(f"latents must have shape {shape} for this request, got {latents.shape}")
         latents = latents * np.float32(scheduler.init_noise_sigma)
 
-        # 3. the denoising loop
-        return self._denoise(job, latents, conditioning, scheduler, scheduler.timesteps, timings), timings
+        # 3. the denoising loop (down to ``end`` of the schedule where a refiner takes over)
+        timesteps = scheduler.timesteps if end is None else _timesteps_until(scheduler, end)
+        return self._denoise(job, latents, conditioning, scheduler, timesteps, timings), timings
+
+    def _refine(self, job: Job, latents: np.ndarray, start: float):
+        """A refiner's part: the schedule from ``start`` on, from the base's latents as they are (no noise added,
+        as diffusers' ``denoising_start``); stochastic samplers continue the seed's stream."""
+        timings: dict[str, float] = {}
+        conditioning = self._condition(job, timings)
+        scheduler = self._scheduler(job)
+        timesteps = _timesteps_from(scheduler, start)
+        return self._denoise(job, latents, conditioning, scheduler, timesteps, timings), timings
 
     def _img2img(self, job: Job):
         timings: dict[str, float] = {}
@@ -310,6 +360,27 @@ def _strength_timesteps(scheduler: Scheduler, steps: int, strength: float) -> np
         )
     scheduler.set_begin_index(t_start * scheduler.order)
     return scheduler.timesteps[t_start * scheduler.order :]
+
+
+def _cutoff(scheduler: Scheduler, fraction: float) -> int:
+    """The training timestep at ``fraction`` of the denoising, as diffusers' denoising_end / denoising_start."""
+    T = scheduler.config.num_train_timesteps
+    return int(round(T - fraction * T))
+
+
+def _timesteps_until(scheduler: Scheduler, end: float) -> np.ndarray:
+    timesteps = scheduler.timesteps
+    return timesteps[: int((timesteps >= _cutoff(scheduler, end)).sum())]
+
+
+def _timesteps_from(scheduler: Scheduler, start: float) -> np.ndarray:
+    timesteps = scheduler.timesteps
+    n = int((timesteps < _cutoff(scheduler, start)).sum())
+    if scheduler.order == 2 and n % 2 == 0:
+        n += 1  # a second-order sampler starts on a step's first evaluation
+    begin = len(timesteps) - n
+    scheduler.set_begin_index(begin)
+    return timesteps[begin:]
 
 
 def _check_finite(array: np.ndarray, where: str) -> None:

@@ -56,6 +56,8 @@ class Job:
     source: Image.Image | None = field(default=None, repr=False)  # the input image as given (for its hash)
     prompts_2: list[str] = field(default_factory=list)  # the second text encoder's (SDXL), else the prompts
     negatives_2: list[str] = field(default_factory=list)
+    aesthetic_score: float = 6.0  # an SDXL refiner's time ids (diffusers' defaults)
+    negative_aesthetic_score: float = 2.5
 
     @property
     def batch(self) -> int:
@@ -68,7 +70,8 @@ class Job:
 
 def make_job(pipe: Pipeline, prompt, negative_prompt, num_inference_steps, guidance_scale, height, width, seed,
              scheduler, num_images, latents, callback, noise, image, mask_image, strength, outpaint, inpaint_mode,
-             weighting, eta, s_noise, clip_skip, prompt_2=None, negative_prompt_2=None) -> Job:
+             weighting, eta, s_noise, clip_skip, prompt_2=None, negative_prompt_2=None, aesthetic_score=6.0,
+             negative_aesthetic_score=2.5) -> Job:
     """The Job of a ``Pipeline.__call__`` (same arguments), every value checked and every default filled in."""
     m = pipe.manifest
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
@@ -115,7 +118,8 @@ def make_job(pipe: Pipeline, prompt, negative_prompt, num_inference_steps, guida
         seed, generator = seeds[0], PerImageGenerators([make_generator(s, noise) for s in seeds])
     return Job(prompts, negatives, num_images, num_inference_steps, guidance_scale, sampler, height, width, generator,
                callback, weighting, eta, s_noise, clip_skip, mode, seed, seeds, noise, strength, use_model, init, mask,
-               latents, outpaint, source, prompts_2, negatives_2)
+               latents, outpaint, source, prompts_2, negatives_2, _number(aesthetic_score, "aesthetic_score"),
+               _number(negative_aesthetic_score, "negative_aesthetic_score"))
 
 
 def _read_images(image: Image.Image | None, mask_image, outpaint,
@@ -161,8 +165,9 @@ def _inpaint_with_model(pipe: Pipeline, inpaint_mode: str) -> bool:
 
 
 def takes_clip_skip(manifest) -> bool:
-    """Whether the export's text encoder takes CLIP skip (exports from before it do not)."""
-    return any(t.name == "clip_skip" for t in manifest.components[TEXT_ENCODER.name].inputs)
+    """Whether the export's text encoders take CLIP skip (exports from before it do not)."""
+    encoders = [c for name, c in manifest.components.items() if name in (TEXT_ENCODER.name, TEXT_ENCODER_2.name)]
+    return all(any(t.name == "clip_skip" for t in c.inputs) for c in encoders)
 
 
 def _check_clip_skip(pipe: Pipeline, clip_skip) -> None:
@@ -234,6 +239,12 @@ def _margins(outpaint) -> tuple[int, int, int, int]:
     except (TypeError, ValueError):
         raise UserInputError(f"outpaint takes four pixel margins (left, top, right, bottom), got {outpaint!r}") from None
     return left, top, right, bottom
+
+
+def _number(value, label: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise UserInputError(f"{label} must be a finite number, got {value!r}")
+    return float(value)
 
 
 def _check_strength(strength) -> float:
