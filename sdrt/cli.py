@@ -151,7 +151,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         raise UserInputError(f"sdrt serve needs its extra: pip install 'sdrt[serve]' ({e})") from None
     load_manifest(args.folder)  # a bad folder fails here, in one line, not inside the server
     options = ServeOptions(backend=args.backend, max_batch=args.max_batch, max_queue=args.max_queue,
-                           timeout=args.timeout)
+                           timeout=args.timeout, refiner=args.refiner)
     limits = Limits(args.max_pixels, args.max_steps, args.max_images, args.max_body_bytes, args.max_prompt_chars)
     credentials = parse_credentials(args.api_auth)
     if args.host not in ("127.0.0.1", "localhost", "::1") and not credentials:
@@ -309,6 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=7860, help="default 7860, as the WebUI")
     p.add_argument("--max-batch", type=int, default=4, help="images per joined U-Net batch (default 4)")
+    p.add_argument("--refiner", metavar="OUT", help="SDXL: a refiner's export, for requests' refiner_checkpoint")
     p.add_argument("--max-queue", type=int, default=64, help="requests waiting before 503 (default 64)")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds a request may take, waiting included (504)")
     p.add_argument("--api-auth", metavar="USER:PASSWORD[,…]", help="HTTP Basic credentials, as the WebUI's --api-auth")

@@ -151,6 +151,32 @@ def test_sdxl_serves_automatic1111s_api(export_dir, sdxl):
     assert np.array_equal(np.asarray(served.convert("RGB")), np.asarray(alone.images[0]))
 
 
+def test_serve_with_a_refiner(export_dir, base_and_refiner):
+    pytest.importorskip("fastapi", reason="the serve extra is not installed")
+    import base64
+    import io
+
+    from test_serve import Server
+
+    server = Server(export_dir("tiny-sdxl"), "--refiner", str(export_dir("tiny-sdxl-refiner")))
+    try:
+        models = server.client.get("/sdapi/v1/sd-models").json()
+        refiner = models[1]["title"]
+        assert len(models) == 2 and refiner.startswith("tiny-sdxl-refiner [")
+        body = {"prompt": PROMPT, "negative_prompt": "dark", "seed": 6, "steps": 10, "width": 96, "height": 64,
+                "cfg_scale": 6.0, "sampler_name": "Euler", "refiner_checkpoint": refiner, "refiner_switch_at": 0.7}
+        answer = server.client.post("/sdapi/v1/txt2img", json=body)
+        assert answer.status_code == 200, answer.text
+        served = Image.open(io.BytesIO(base64.b64decode(answer.json()["images"][0])))
+        other = server.client.post("/sdapi/v1/txt2img", json={**body, "refiner_checkpoint": "sd_xl_refiner_1.0"})
+        assert other.status_code == 422 and refiner in other.json()["detail"]
+    finally:
+        server.close()
+    alone = base_and_refiner(PROMPT, negative_prompt="dark", seed=6, scheduler="euler", refiner_switch_at=0.7,
+                             **{**KW, "num_inference_steps": 10})
+    assert np.array_equal(np.asarray(served.convert("RGB")), np.asarray(alone.images[0]))
+
+
 @pytest.fixture(scope="module")
 def base_and_refiner(export_dir):
     with Pipeline.load(export_dir("tiny-sdxl"), refiner=export_dir("tiny-sdxl-refiner")) as pipe:

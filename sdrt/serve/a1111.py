@@ -122,6 +122,7 @@ HONOURED = {
     # the sampling settings: used, ignored or refused per sampler and model by settings.sampling_of
     "eta", "s_churn", "s_tmin", "s_tmax", "s_noise", "s_min_uncond",
     "image_cfg_scale",  # A1111 uses it with instruct-pix2pix models only, which sdrt has not
+    "refiner_checkpoint", "refiner_switch_at",  # checked against the loaded refiner (refiner_of)
     "do_not_save_samples", "do_not_save_grid", "override_settings_restore_afterwards", "disable_extra_networks",
     "comments", "force_task_id", "inpaint_full_res_padding",
 }
@@ -177,7 +178,26 @@ def decode_image(text: Any, what: str) -> Image.Image:
                              "or WebP data") from None
 
 
-def job_of(request: _Common, sampling: Sampling) -> Job:
+NO_REFINER = (None, "", "None", "none")
+
+
+def refiner_of(request: _Common, loaded: str | None) -> float | None:
+    """The switch point of a request that names a refiner (A1111: ``refiner_checkpoint``, ``refiner_switch_at``,
+    0.8 by default; a switch at 1 or more never switches), checked against the refiner this server loaded."""
+    if request.refiner_checkpoint in NO_REFINER:
+        return None
+    if loaded is None or request.refiner_checkpoint not in (loaded, loaded.rsplit(" [", 1)[0]):
+        have = f"its refiner is {loaded}" if loaded else "it has no refiner (start it with --refiner OUT)"
+        raise UserInputError(f"refiner_checkpoint {request.refiner_checkpoint!r} is not loaded on this server: {have}")
+    switch = 0.8 if request.refiner_switch_at is None else request.refiner_switch_at
+    if switch >= 1:
+        return None
+    if isinstance(request, Img2ImgRequest):
+        raise UserInputError("sdrt runs the refiner after text to image only; send img2img without refiner_checkpoint")
+    return switch
+
+
+def job_of(request: _Common, sampling: Sampling, refiner_switch_at: float | None = None) -> Job:
     """The batcher job for a checked request: one prompt and one seed per image (seed, seed+1, … as A1111)."""
     images = (request.batch_size or 1) * (request.n_iter or 1)
     if images < 1:
@@ -187,9 +207,10 @@ def job_of(request: _Common, sampling: Sampling) -> Job:
         raise UserInputError(f"seed must be -1 (random) or 0..{MAX_SEED - images + 1}")
     params: dict[str, Any] = {
         "num_inference_steps": request.steps, "guidance_scale": request.cfg_scale, "height": request.height,
-        "width": request.width, **sampling.params(),
+        "width": request.width, **sampling.params(), "refiner_switch_at": refiner_switch_at,
     }
-    key: tuple | None = ("txt2img", request.width, request.height, request.steps, request.cfg_scale, sampling)
+    key: tuple | None = ("txt2img", request.width, request.height, request.steps, request.cfg_scale, sampling,
+                         refiner_switch_at)
     if isinstance(request, Img2ImgRequest):
         if not request.init_images:
             raise UserInputError("img2img needs init_images: a list with one base64 image")

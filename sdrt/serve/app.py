@@ -110,7 +110,7 @@ def create_app(folder: str | Path, options: ServeOptions = ServeOptions(), limit
             sampling = settings.sampling_of(req, service.a1111_options, service.pipe.manifest.family)
             limits.check(req.width, req.height, req.steps, (req.batch_size or 1) * (req.n_iter or 1),
                          [req.prompt or "", req.negative_prompt or ""])
-            job = a1111.job_of(req, sampling)
+            job = a1111.job_of(req, sampling, a1111.refiner_of(req, service.refiner_title))
             try:
                 future = batcher.submit(job)
             except QueueFull as e:
@@ -175,8 +175,13 @@ def create_app(folder: str | Path, options: ServeOptions = ServeOptions(), limit
     @app.get("/sdapi/v1/sd-models")
     async def sd_models():
         service = get_service()
-        return [{"title": f"{service.model_name} [{service.model_hash}]", "model_name": service.model_name,
-                 "hash": service.model_hash, "sha256": None, "filename": service.folder.name, "config": None}]
+        models = [{"title": f"{service.model_name} [{service.model_hash}]", "model_name": service.model_name,
+                   "hash": service.model_hash, "sha256": None, "filename": service.folder.name, "config": None}]
+        if service.refiner_title:  # what a request's refiner_checkpoint may name
+            name, digest = service.refiner_title[:-1].split(" [")
+            models.append({"title": service.refiner_title, "model_name": name, "hash": digest, "sha256": None,
+                           "filename": str(service.options.refiner), "config": None})
+        return models
 
     @app.get("/sdapi/v1/options")
     async def get_options():

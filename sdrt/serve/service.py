@@ -29,6 +29,7 @@ class ServeOptions:
     max_queue: int = 64  # requests waiting
     timeout: float = 600.0  # seconds a request may take, waiting included: 504 past it
     warmup: bool = True  # one small run at start-up, so /ready means warm
+    refiner: str | None = None  # an SDXL refiner's export, used by requests that name it
 
 
 @dataclass
@@ -91,7 +92,7 @@ class Service:
 
     def _load(self) -> None:
         try:
-            pipe = Pipeline.load(self.folder, backend=self.options.backend)
+            pipe = Pipeline.load(self.folder, backend=self.options.backend, refiner=self.options.refiner)
             calls = self.metrics.component_calls
             pipe.backend.observers.append(lambda component, seconds: calls.labels(component).inc())
             if self.options.warmup:
@@ -112,6 +113,14 @@ class Service:
     def model_name(self) -> str:
         source = self.pipe.manifest.source.get("model") if self.pipe else None
         return Path(str(source)).stem if source else self.folder.name
+
+    @property
+    def refiner_title(self) -> str | None:
+        """The loaded refiner as A1111 names a checkpoint: ``name [hash]``."""
+        refiner = self.pipe.refiner if self.pipe else None
+        if refiner is None:
+            return None
+        return f"{Path(str(refiner.manifest.source.get('model'))).stem} [{refiner.manifest.model_hash}]"
 
     @property
     def model_hash(self) -> str:
