@@ -157,16 +157,12 @@ class Pipeline:
             final, timings = self._txt2img(job, end=switch)
             final, refined = self.refiner._refine(job, final, start=switch)
             timings |= {f"refiner_{stage}": seconds for stage, seconds in refined.items()}
-            images = self.refiner._decode(final, timings)
-        elif job.mask is not None:
-            final, timings = self._inpaint(job)
-            images = self._decode(final, timings)
-        elif job.init is not None:
-            final, timings = self._img2img(job)
-            images = self._decode(final, timings)
+            decoder = self.refiner
         else:
-            final, timings = self._txt2img(job)
-            images = self._decode(final, timings)
+            mode = self._inpaint if job.mask is not None else self._img2img if job.init is not None else self._txt2img
+            final, timings = mode(job)
+            decoder = self
+        images = decoder._decode(final, timings)
         return GenerationResult(images, final, job.seed, image_parameters(job, self.manifest, extra), timings,
                                 job.mode, job.seeds)
 

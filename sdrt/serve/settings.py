@@ -75,9 +75,10 @@ def sampler_of(sampler_name: str, scheduler: str | None) -> str:
     schedule = (scheduler or "automatic").strip().lower().replace(" ", "_")
     if canonical in TIMESTEPS_SAMPLERS or schedule == "automatic":
         return canonical  # A1111's timesteps samplers take no schedule type
-    if schedule == "karras" and (canonical in KARRAS_VARIANTS or canonical in KARRAS_VARIANTS.values()):
+    has_karras = canonical in KARRAS_VARIANTS or canonical in KARRAS_VARIANTS.values()
+    if schedule == "karras" and has_karras:
         return KARRAS_VARIANTS.get(canonical, canonical)
-    offered = ["Automatic"] + (["Karras"] if canonical in KARRAS_VARIANTS or canonical in KARRAS_VARIANTS.values() else [])
+    offered = ["Automatic"] + (["Karras"] if has_karras else [])
     known = "" if schedule in A1111_SCHEDULES else " (not a schedule type AUTOMATIC1111 has)"
     raise UserInputError(f"scheduler {scheduler!r}{known} is not available with {a1111_name(canonical)} in sdrt; "
                          f"use one of: {', '.join(offered)}")
@@ -94,8 +95,6 @@ def sampling_of(request, options: dict[str, Any], family: str) -> Sampling:
     eta = s_noise = None
     if SCHEDULERS[sampler].eta_default is not None:
         eta = _given(request.eta, opts["eta_ddim"] if sampler in TIMESTEPS_SAMPLERS else opts["eta_ancestral"])
-        if sampler == "ddim" and eta > 1:
-            raise UserInputError(f"eta {eta:g}: DDIM's eta runs from 0 to 1")
     if sampler in CHURN_SAMPLERS:
         # an option differing from A1111's default wins over the request's field, as A1111 1.10 does
         churn = opts["s_churn"] if opts["s_churn"] != 0 else _given(request.s_churn, 0.0)
