@@ -2,7 +2,8 @@
 
 This is the inverse of the key mapping diffusers applies when it reads a single-file checkpoint, so
 tests can write a realistic checkpoint from a tiny random pipeline and check that loading it back
-gives the very same weights. Only the plain text-to-image StableDiffusion layout is covered.
+gives the very same weights. The plain text-to-image Stable Diffusion layout (SD 1.x, 2.x) and SDXL's (SGM:
+``conditioner.embedders.N``) are covered.
 """
 
 import re
@@ -20,6 +21,8 @@ _UNET_FIXED = {
     "conv_in.": "input_blocks.0.0.",
     "conv_norm_out.": "out.0.",
     "conv_out.": "out.2.",
+    "add_embedding.linear_1.": "label_emb.0.0.",  # SDXL's pooled-text and time-id embedding
+    "add_embedding.linear_2.": "label_emb.0.2.",
 }
 _UNET_RESNET = {
     "norm1": "in_layers.0",
@@ -107,7 +110,9 @@ def clip_to_ldm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def open_clip_to_ldm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def open_clip_to_ldm(state: dict[str, torch.Tensor], prefix: str = OPEN_CLIP_PREFIX,
+                     projection: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """OpenCLIP's layout; ``projection`` is a CLIPTextModelWithProjection's ``text_projection.weight`` (SDXL)."""
     out = {
         "token_embedding.weight": state["embeddings.token_embedding.weight"],
         "positional_embedding": state["embeddings.position_embedding.weight"],
@@ -115,7 +120,8 @@ def open_clip_to_ldm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         "ln_final.bias": state["final_layer_norm.bias"],
     }
     hidden = state["final_layer_norm.weight"].shape[0]
-    out["text_projection"] = torch.zeros(hidden, hidden)  # present in real files, unused by SD
+    # OpenCLIP's projection is [hidden, projection] (x @ P); present in SD 2.x files too, unused there
+    out["text_projection"] = torch.zeros(hidden, hidden) if projection is None else projection.T.contiguous()
     names = {"layer_norm1": "ln_1", "layer_norm2": "ln_2", "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj",
              "self_attn.out_proj": "attn.out_proj"}
     for key, value in state.items():
@@ -129,4 +135,21 @@ def open_clip_to_ldm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
                 out[f"{block}.attn.in_proj_{kind}"] = torch.cat(packed)
             continue
         out[f"{block}.{names[name]}.{kind}"] = value
-    return {OPEN_CLIP_PREFIX + k: v for k, v in out.items()}
+    return {prefix + k: v for k, v in out.items()}
+
+
+SDXL_CLIP_PREFIX = "conditioner.embedders.0.transformer."  # CLIP ViT-L in HF layout, wrapped
+SDXL_OPEN_CLIP_PREFIX = "conditioner.embedders.1.model."  # OpenCLIP ViT-bigG (the refiner's is embedders.0)
+
+
+def sdxl_to_ldm(pipe) -> dict[str, torch.Tensor]:
+    """An SDXL base or refiner pipeline as one SGM-layout state dict, as Stability's single files hold it (the
+    refiner has OpenCLIP alone, as ``embedders.0``)."""
+    text_2 = {k.removeprefix("text_model."): v for k, v in pipe.text_encoder_2.state_dict().items()}
+    state = {**unet_to_ldm(pipe.unet.state_dict(), pipe.unet.config), **vae_to_ldm(pipe.vae.state_dict(), pipe.vae.config)}
+    projection = pipe.text_encoder_2.state_dict()["text_projection.weight"]
+    if pipe.text_encoder is None:
+        return state | open_clip_to_ldm(text_2, "conditioner.embedders.0.model.", projection)
+    return state | {SDXL_CLIP_PREFIX + "text_model." + k.removeprefix("text_model."): v
+                    for k, v in pipe.text_encoder.state_dict().items()} | \
+        open_clip_to_ldm(text_2, SDXL_OPEN_CLIP_PREFIX, projection)

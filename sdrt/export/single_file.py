@@ -14,20 +14,23 @@ from ..errors import ModelSourceError
 from .builtin import ARCH_DIR, clip_tokenizer
 
 # diffusers' name for a checkpoint's model type -> our config folder
-_MODEL_TYPE_TO_ARCH = {"v1": "sd15", "v2": "sd21", "inpainting": "sd15-inpaint", "inpainting_v2": "sd2-inpaint"}
-_SDXL_MODEL_TYPES = {"xl_base", "xl_refiner", "xl_inpaint", "playground-v2-5"}
+_MODEL_TYPE_TO_ARCH = {"v1": "sd15", "v2": "sd21", "inpainting": "sd15-inpaint", "inpainting_v2": "sd2-inpaint",
+                       "xl_base": "sdxl", "xl_refiner": "sdxl-refiner"}
+_UNSUPPORTED_SDXL = {"xl_inpaint", "playground-v2-5"}
 _PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
 
 
 def load_single_file(path: Path, arch: str | None = None, *, allow_pickle: bool = False):
-    """Load an LDM-layout checkpoint as a float32 ``diffusers.StableDiffusionPipeline`` on the CPU.
+    """Load an LDM-layout checkpoint (SGM for SDXL) as a float32 diffusers pipeline on the CPU: the class its
+    architecture's ``model_index.json`` names (StableDiffusionPipeline, StableDiffusionXLPipeline, or the refiner's
+    StableDiffusionXLImg2ImgPipeline).
 
     ``arch`` names a config folder in ``sdrt/data/arch`` and skips detection: use it for
     checkpoints the keys cannot tell apart (an SD 2.x 512 epsilon model looks like SD 2.1 768-v).
     Pickle checkpoints are refused unless ``allow_pickle``; diffusers then reads them with
     ``torch.load(weights_only=True)``.
     """
-    from diffusers import StableDiffusionPipeline
+    import diffusers
 
     path = Path(path)
     is_pickle = _check_file(path, allow_pickle)
@@ -36,21 +39,34 @@ def load_single_file(path: Path, arch: str | None = None, *, allow_pickle: bool 
     elif not is_pickle:
         _read_shapes(path, allow_pickle)  # a corrupt file gets a clear message, not a diffusers traceback
     config_dir = _arch_dir(arch)
-    tokenizer_config = json.loads((config_dir / "tokenizer" / "tokenizer_config.json").read_text(encoding="utf-8"))
+    index = json.loads((config_dir / "model_index.json").read_text(encoding="utf-8"))
+    pipeline_class = getattr(diffusers, index["_class_name"])
     try:
-        pipe = StableDiffusionPipeline.from_single_file(
+        pipe = pipeline_class.from_single_file(
             str(path),
             config=str(config_dir),  # a local folder: diffusers reads every component config from it
             local_files_only=True,  # and never falls back to the hub
-            tokenizer=clip_tokenizer(tokenizer_config),  # the folder has no vocabulary files
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
+            **_extra_components(config_dir, index),
         )
     except Exception as e:  # diffusers raises ValueError, OSError, KeyError, SingleFileComponentError, ...
         raise _load_error(e, path, arch, is_pickle) from e
     _check_complete(pipe, path, arch)
     return pipe
+
+
+def _extra_components(config_dir: Path, index: dict) -> dict:
+    """What the single-file loader needs besides the file: the tokenizers (the folders hold no vocabulary files),
+    None for components the architecture lacks (a refiner's first text encoder), no safety checker or watermark."""
+    extra: dict = {}
+    for name in ("tokenizer", "tokenizer_2", "text_encoder"):
+        if name in index and index[name][0] is None:
+            extra[name] = None
+        elif name.startswith("tokenizer") and name in index:
+            config = json.loads((config_dir / name / "tokenizer_config.json").read_text(encoding="utf-8"))
+            extra[name] = clip_tokenizer(config)
+    if index["_class_name"].startswith("StableDiffusionXL"):
+        return extra | {"add_watermarker": False}
+    return extra | {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
 
 
 def _load_error(e: Exception, path: Path, arch: str, is_pickle: bool) -> ModelSourceError:
@@ -81,10 +97,10 @@ def detect_arch(path: Path, *, allow_pickle: bool = False) -> str:
         model_type = infer_diffusers_model_type(checkpoint)
     except Exception:  # some non-SD branches look at tensor values we do not load
         model_type = None
-    if model_type in _SDXL_MODEL_TYPES:
+    if model_type in _UNSUPPORTED_SDXL:
         raise ModelSourceError(
-            f"{path} is an SDXL checkpoint ({model_type}); exporting SDXL is not supported yet. "
-            "Use a Stable Diffusion 1.x or 2.x checkpoint."
+            f"{path} is an SDXL variant sdrt does not export yet ({model_type}); SDXL base and refiner checkpoints "
+            "and Stable Diffusion 1.x / 2.x ones are."
         )
     # diffusers answers "v1" for anything it does not recognise, so check the v1 marker is there.
     if model_type in ("v1", "inpainting") and CHECKPOINT_KEY_NAMES["v1"] not in shapes:
@@ -93,12 +109,12 @@ def detect_arch(path: Path, *, allow_pickle: bool = False) -> str:
         return _MODEL_TYPE_TO_ARCH[model_type]
     if model_type is None and any(k.startswith("model.diffusion_model.") for k in shapes):
         raise ModelSourceError(
-            f"{path} is in the original (LDM) layout, but its shapes match neither Stable Diffusion 1.x nor 2.x. "
+            f"{path} is in the original (LDM) layout, but its shapes match none of Stable Diffusion 1.x, 2.x or XL. "
             f"If you know its architecture, choose it explicitly (one of: {', '.join(_known_archs())})."
         )
     what = f"a {model_type!r} checkpoint" if model_type else "not a Stable Diffusion checkpoint in the original (LDM) layout"
     raise ModelSourceError(
-        f"{path} is {what}; only text-to-image Stable Diffusion 1.x / 2.x checkpoints can be exported. "
+        f"{path} is {what}; only text-to-image Stable Diffusion 1.x / 2.x / XL checkpoints can be exported. "
         "For a diffusers-format model, give its folder (with model_index.json) instead."
     )
 
@@ -164,8 +180,10 @@ def _arch_dir(arch: str) -> Path:
 
 def _check_complete(pipe, path: Path, arch: str) -> None:
     # diffusers loads into meta-device models and leaves tensors the file lacks on "meta", silently.
-    for name in ("unet", "vae", "text_encoder"):
-        module = getattr(pipe, name)
+    for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
+        module = getattr(pipe, name, None)
+        if module is None:
+            continue
         missing = [n for n, t in (*module.named_parameters(), *module.named_buffers()) if t.is_meta]
         if missing:
             raise ModelSourceError(
