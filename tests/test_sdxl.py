@@ -216,3 +216,50 @@ def test_refiner_mistakes_say_what_to_do(sdxl, base_and_refiner):
     for bad in (0, 1, 1.5, "0.8"):
         with pytest.raises(UserInputError, match="between 0 and 1"):
             base_and_refiner(PROMPT, refiner_switch_at=bad, **KW)
+
+
+def _a1111_sdxl_conditioning(pipe, chunks_1, chunks_2):
+    """AUTOMATIC1111's SDXL conditioning in torch: each encoder's chunks through it (penultimate states), weighted
+    and rescaled as in test_prompts.a1111_embeddings, concatenated; the pooled embedding of the first chunk."""
+    parts, pooled = [], None
+    for encoder, chunks in ((pipe.text_encoder, chunks_1), (pipe.text_encoder_2, chunks_2)):
+        out = []
+        for k, (ids, weights) in enumerate(zip(chunks.ids, chunks.weights)):
+            with torch.no_grad():
+                result = encoder(torch.from_numpy(ids[None].astype(np.int64)), output_hidden_states=True)
+            z = result.hidden_states[-2]
+            if k == 0 and hasattr(result, "text_embeds"):
+                pooled = result.text_embeds
+            original_mean, size = z.mean(), z.abs().mean()
+            weighted = z * torch.from_numpy(weights)[None, :, None]
+            if original_mean.abs() > 1e-4 * size and weighted.mean().abs() > 1e-4 * size:
+                weighted = weighted * (original_mean / weighted.mean())
+            out.append(weighted)
+        parts.append(torch.cat(out, dim=1))
+    return torch.cat(parts, dim=-1), pooled
+
+
+def test_long_weighted_prompts_on_both_encoders(export_dir, sdxl, reference):
+    """A 200-token weighted prompt and a short weighted negative on tiny-sdxl give the image diffusers gives from
+    the same conditioning computed in torch, as AUTOMATIC1111 builds it for SDXL (77·4 tokens into the U-Net)."""
+    from sdrt.runtime.prompts import tokenize_prompt
+    from sdrt.runtime.tokenizer import ClipTokenizer
+
+    folder = export_dir("tiny-sdxl")
+    manifest = load_manifest(folder)
+    tokenizers = [ClipTokenizer(folder, manifest.tokenizers[name]) for name in ("tokenizer", "tokenizer_2")]
+    prompt = "a (red:1.3) circle, [blurry], " + ", ".join(f"(detail{i})" for i in range(60))
+    negative = "dark, (ugly:1.2)"
+    pos = [tokenize_prompt(t, prompt) for t in tokenizers]
+    neg = [tokenize_prompt(t, negative).padded(len(p), tokenize_prompt(t, "")) for t, p in zip(tokenizers, pos)]
+    assert len(pos[0]) == len(pos[1]) == 4
+    embeds, pooled = _a1111_sdxl_conditioning(reference, *pos)
+    negative_embeds, negative_pooled = _a1111_sdxl_conditioning(reference, *neg)
+    use_sampler(reference, "euler")
+    latents = np.random.default_rng(1).standard_normal((1, 4, 8, 12), dtype=np.float32)
+    with torch.no_grad():
+        expected = reference(prompt_embeds=embeds, pooled_prompt_embeds=pooled, negative_prompt_embeds=negative_embeds,
+                             negative_pooled_prompt_embeds=negative_pooled, latents=torch.from_numpy(latents),
+                             output_type="latent", **KW).images.numpy()
+    ours = sdxl(prompt, negative_prompt=negative, latents=latents, scheduler="euler", **KW)
+    assert np.abs(ours.latents - expected).max() / np.abs(expected).max() < 1e-4
