@@ -38,23 +38,11 @@ class ClipConditioner:
         self.takes_clip_skip = takes_clip_skip(manifest)
 
     def tokenize(self, job: Job) -> Tokens:
-        texts = (job.negatives + job.prompts) if job.do_cfg else job.prompts
-        prompts = [tokenize_prompt(self.tokenizer, text, job.weighting) for text in texts]
-        n = max(len(p) for p in prompts)
-        if n > 1:
-            empty = tokenize_prompt(self.tokenizer, "", job.weighting)
-            prompts = [p.padded(n, empty) for p in prompts]
-        return Tokens(prompts, n)
+        return _tokenize([(self.tokenizer, _texts(job.negatives, job.prompts, job))], job.weighting)
 
     def encode(self, tokens: Tokens, job: Job) -> Conditioning:
-        inputs = {"input_ids": np.concatenate([p.ids for p in tokens.prompts])}
-        if self.takes_clip_skip:
-            inputs["clip_skip"] = np.array([job.clip_skip], dtype=np.int32)
-        hidden = self.backend.run(TEXT_ENCODER.name, inputs)["last_hidden_state"].astype(np.float32)
-        count, n = len(tokens.prompts), tokens.chunks
-        hidden = hidden.reshape(count, n, *hidden.shape[1:])
-        hidden = np.stack([apply_weights(h, p.weights) for h, p in zip(hidden, tokens.prompts)])
-        hidden = hidden.reshape(count, n * hidden.shape[2], hidden.shape[3])
+        clip_skip = job.clip_skip if self.takes_clip_skip else None
+        hidden, _ = _encode(self.backend, TEXT_ENCODER.name, tokens.prompts, tokens.chunks, clip_skip)
         return {"encoder_hidden_states": np.repeat(hidden, job.num_images, axis=0)}
 
 
@@ -77,26 +65,15 @@ class SdxlConditioner:
 
     def tokenize(self, job: Job) -> Tokens:
         # the i-th encoder present gets the i-th prompts (as diffusers: a refiner's one encoder gets ``prompt``)
-        texts = [(job.negatives + job.prompts) if job.do_cfg else job.prompts,
-                 (job.negatives_2 + job.prompts_2) if job.do_cfg else job.prompts_2]
-        per_encoder = [[tokenize_prompt(tokenizer, text, job.weighting) for text in encoder_texts]
-                       for (_, tokenizer), encoder_texts in zip(self.encoders, texts)]
-        n = max(len(p) for prompts in per_encoder for p in prompts)
-        if n > 1:
-            per_encoder = [[p.padded(n, tokenize_prompt(tokenizer, "", job.weighting)) for p in prompts]
-                           for (_, tokenizer), prompts in zip(self.encoders, per_encoder)]
-        return Tokens([p for prompts in per_encoder for p in prompts], n)  # encoder by encoder
+        texts = [_texts(job.negatives, job.prompts, job), _texts(job.negatives_2, job.prompts_2, job)]
+        return _tokenize([(tokenizer, t) for (_, tokenizer), t in zip(self.encoders, texts)], job.weighting)
 
     def encode(self, tokens: Tokens, job: Job) -> Conditioning:
         count, n = len(tokens.prompts) // len(self.encoders), tokens.chunks
         hidden, pooled = [], None
         for k, (component, _) in enumerate(self.encoders):
-            prompts = tokens.prompts[k * count:(k + 1) * count]
-            out = self.backend.run(component.name, {"input_ids": np.concatenate([p.ids for p in prompts]),
-                                                    "clip_skip": np.array([job.clip_skip], dtype=np.int32)})
-            h = out["last_hidden_state"].astype(np.float32).reshape(count, n, *out["last_hidden_state"].shape[1:])
-            h = np.stack([apply_weights(c, p.weights) for c, p in zip(h, prompts)])
-            hidden.append(h.reshape(count, n * h.shape[2], h.shape[3]))
+            h, out = _encode(self.backend, component.name, tokens.prompts[k * count:(k + 1) * count], n, job.clip_skip)
+            hidden.append(h)
             if "pooled" in out:
                 pooled = out["pooled"].astype(np.float32).reshape(count, n, -1)[:, 0]
         hidden = np.concatenate(hidden, axis=-1)
@@ -114,6 +91,35 @@ class SdxlConditioner:
             return np.array([*size, 0, 0, job.negative_aesthetic_score if negative else job.aesthetic_score],
                             dtype=np.float32)
         return np.array([*size, 0, 0, *size], dtype=np.float32)
+
+
+def _texts(negatives: list[str], prompts: list[str], job: Job) -> list[str]:
+    """What one text encoder sees of a call: negatives first when guidance runs."""
+    return negatives + prompts if job.do_cfg else prompts
+
+
+def _tokenize(encoders: list[tuple[ClipTokenizer, list[str]]], weighting: bool) -> Tokens:
+    """Each encoder's texts in 75-token chunks, every prompt padded to the longest with the empty prompt's chunks
+    (as AUTOMATIC1111), listed encoder by encoder."""
+    per_encoder = [[tokenize_prompt(tokenizer, text, weighting) for text in texts] for tokenizer, texts in encoders]
+    n = max(len(p) for prompts in per_encoder for p in prompts)
+    if n > 1:
+        empties = [tokenize_prompt(tokenizer, "", weighting) for tokenizer, _ in encoders]
+        per_encoder = [[p.padded(n, empty) for p in prompts] for prompts, empty in zip(per_encoder, empties)]
+    return Tokens([p for prompts in per_encoder for p in prompts], n)
+
+
+def _encode(backend: Backend, component: str, prompts: list[PromptChunks], chunks: int,
+            clip_skip: int | None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """One text encoder's hidden states [prompts, 77·chunks, D], every chunk run at once and weighted as
+    AUTOMATIC1111 weighs it, and the encoder's outputs as they came (a pooled one among them)."""
+    inputs = {"input_ids": np.concatenate([p.ids for p in prompts])}
+    if clip_skip is not None:  # exports from before CLIP skip take the ids alone
+        inputs["clip_skip"] = np.array([clip_skip], dtype=np.int32)
+    out = backend.run(component, inputs)
+    hidden = out["last_hidden_state"].astype(np.float32).reshape(len(prompts), chunks, *out["last_hidden_state"].shape[1:])
+    hidden = np.stack([apply_weights(h, p.weights) for h, p in zip(hidden, prompts)])
+    return hidden.reshape(len(prompts), chunks * hidden.shape[2], hidden.shape[3]), out
 
 
 CONDITIONERS = {"sd1": ClipConditioner, "sd2": ClipConditioner, "sdxl": SdxlConditioner, "sdxl-refiner": SdxlConditioner}
