@@ -83,10 +83,7 @@ def build_random_pipeline(arch: str, seed: int = DEFAULT_SEED):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
-            if name not in index:
-                continue
-            if index[name][0] is None:  # listed as absent: an SDXL refiner has no first text encoder
-                parts[name] = None
+            if index.get(name, [None])[0] is None:  # not in this pipeline (a refiner has no first text encoder)
                 continue
             config = _json(root / name / "config.json")
             if name.startswith("text_encoder"):  # CLIPTextModel, or CLIPTextModelWithProjection (pooled output)
@@ -95,17 +92,22 @@ def build_random_pipeline(arch: str, seed: int = DEFAULT_SEED):
                 parts[name] = cls(transformers.CLIPTextConfig(**fields)).eval()
             else:
                 parts[name] = getattr(diffusers, index[name][1]).from_config(config).eval()
-    for name in ("tokenizer", "tokenizer_2"):
-        if index.get(name, [None])[0] is not None:
-            parts[name] = clip_tokenizer(_json(root / name / "tokenizer_config.json"))
-        elif name in index:
-            parts[name] = None
     scheduler_config = _json(root / "scheduler" / "scheduler_config.json")
     parts["scheduler"] = getattr(diffusers, scheduler_config["_class_name"]).from_config(scheduler_config)
-    pipeline_class = index["_class_name"]
-    if pipeline_class.startswith("StableDiffusionXL"):
-        extra = {k: index[k] for k in ("force_zeros_for_empty_prompt", "requires_aesthetics_score") if k in index}
-        extra["add_watermarker"] = False
-    else:
-        extra = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
-    return getattr(diffusers, pipeline_class)(**parts, **extra)
+    return getattr(diffusers, index["_class_name"])(**parts, **pipeline_kwargs(root, index))
+
+
+def pipeline_kwargs(root: Path, index: dict) -> dict:
+    """What the pipeline ``index`` (an arch folder's model_index.json) takes besides its networks and scheduler: the
+    tokenizers (from the vocabulary in the repo: the folders hold only their configs), None for the components it
+    lists as absent (a refiner's first text encoder), its flags, and no safety checker or watermarker."""
+    kwargs: dict = {}
+    for name in ("text_encoder", "tokenizer", "tokenizer_2"):
+        if name in index and index[name][0] is None:
+            kwargs[name] = None
+        elif name.startswith("tokenizer") and name in index:
+            kwargs[name] = clip_tokenizer(_json(root / name / "tokenizer_config.json"))
+    if index["_class_name"].startswith("StableDiffusionXL"):
+        flags = {k: index[k] for k in ("force_zeros_for_empty_prompt", "requires_aesthetics_score") if k in index}
+        return kwargs | flags | {"add_watermarker": False}
+    return kwargs | {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 from ..errors import ModelSourceError
-from .builtin import ARCH_DIR, clip_tokenizer
+from .builtin import ARCH_DIR, pipeline_kwargs
 
 # diffusers' name for a checkpoint's model type -> our config folder
 _MODEL_TYPE_TO_ARCH = {"v1": "sd15", "v2": "sd21", "inpainting": "sd15-inpaint", "inpainting_v2": "sd2-inpaint",
@@ -46,27 +46,12 @@ def load_single_file(path: Path, arch: str | None = None, *, allow_pickle: bool 
             str(path),
             config=str(config_dir),  # a local folder: diffusers reads every component config from it
             local_files_only=True,  # and never falls back to the hub
-            **_extra_components(config_dir, index),
+            **pipeline_kwargs(config_dir, index),
         )
     except Exception as e:  # diffusers raises ValueError, OSError, KeyError, SingleFileComponentError, ...
         raise _load_error(e, path, arch, is_pickle) from e
     _check_complete(pipe, path, arch)
     return pipe
-
-
-def _extra_components(config_dir: Path, index: dict) -> dict:
-    """What the single-file loader needs besides the file: the tokenizers (the folders hold no vocabulary files),
-    None for components the architecture lacks (a refiner's first text encoder), no safety checker or watermark."""
-    extra: dict = {}
-    for name in ("tokenizer", "tokenizer_2", "text_encoder"):
-        if name in index and index[name][0] is None:
-            extra[name] = None
-        elif name.startswith("tokenizer") and name in index:
-            config = json.loads((config_dir / name / "tokenizer_config.json").read_text(encoding="utf-8"))
-            extra[name] = clip_tokenizer(config)
-    if index["_class_name"].startswith("StableDiffusionXL"):
-        return extra | {"add_watermarker": False}
-    return extra | {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
 
 
 def _load_error(e: Exception, path: Path, arch: str, is_pickle: bool) -> ModelSourceError:
