@@ -181,13 +181,20 @@ def decode_image(text: Any, what: str) -> Image.Image:
 NO_REFINER = (None, "", "None", "none")
 
 
-def refiner_of(request: _Common, loaded: str | None) -> float | None:
+def checkpoint_title(name: str, digest: str) -> str:
+    """A checkpoint as AUTOMATIC1111 names it: ``name [hash]``."""
+    return f"{name} [{digest}]"
+
+
+def refiner_of(request: _Common, loaded: tuple[str, str] | None) -> float | None:
     """The switch point of a request that names a refiner (A1111: ``refiner_checkpoint``, ``refiner_switch_at``,
-    0.8 by default; a switch at 1 or more never switches), checked against the refiner this server loaded."""
+    0.8 by default; a switch at 1 or more never switches), checked against the refiner this server loaded (its
+    name and hash: a request may name it by title or by name)."""
     if request.refiner_checkpoint in NO_REFINER:
         return None
-    if loaded is None or request.refiner_checkpoint not in (loaded, loaded.rsplit(" [", 1)[0]):
-        have = f"its refiner is {loaded}" if loaded else "it has no refiner (start it with --refiner OUT)"
+    title = None if loaded is None else checkpoint_title(*loaded)
+    if loaded is None or request.refiner_checkpoint not in (title, loaded[0]):
+        have = f"its refiner is {title}" if loaded else "it has no refiner (start it with --refiner OUT)"
         raise UserInputError(f"refiner_checkpoint {request.refiner_checkpoint!r} is not loaded on this server: {have}")
     switch = 0.8 if request.refiner_switch_at is None else request.refiner_switch_at
     if switch >= 1:

@@ -110,7 +110,7 @@ def create_app(folder: str | Path, options: ServeOptions = ServeOptions(), limit
             sampling = settings.sampling_of(req, service.a1111_options, service.pipe.manifest.family)
             limits.check(req.width, req.height, req.steps, (req.batch_size or 1) * (req.n_iter or 1),
                          [req.prompt or "", req.negative_prompt or ""])
-            job = a1111.job_of(req, sampling, a1111.refiner_of(req, service.refiner_title))
+            job = a1111.job_of(req, sampling, a1111.refiner_of(req, service.refiner))
             try:
                 future = batcher.submit(job)
             except QueueFull as e:
@@ -175,12 +175,10 @@ def create_app(folder: str | Path, options: ServeOptions = ServeOptions(), limit
     @app.get("/sdapi/v1/sd-models")
     async def sd_models():
         service = get_service()
-        models = [{"title": f"{service.model_name} [{service.model_hash}]", "model_name": service.model_name,
-                   "hash": service.model_hash, "sha256": None, "filename": service.folder.name, "config": None}]
-        if service.refiner_title:  # what a request's refiner_checkpoint may name
-            name, digest = service.refiner_title[:-1].split(" [")
-            models.append({"title": service.refiner_title, "model_name": name, "hash": digest, "sha256": None,
-                           "filename": str(service.options.refiner), "config": None})
+        models = [_model_entry(service.model_title, service.model_name, service.model_hash, service.folder.name)]
+        if service.refiner:  # what a request's refiner_checkpoint may name
+            models.append(_model_entry(a1111.checkpoint_title(*service.refiner), *service.refiner,
+                                       str(service.options.refiner)))
         return models
 
     @app.get("/sdapi/v1/options")
@@ -290,7 +288,7 @@ def _invalid(errors: list[dict]) -> str:
 
 
 def _options(service: Service) -> dict:
-    return {**service.a1111_options, "sd_model_checkpoint": _title(service), "sd_checkpoint_hash": None}
+    return {**service.a1111_options, "sd_model_checkpoint": service.model_title, "sd_checkpoint_hash": None}
 
 
 def _constant(answer):
@@ -299,14 +297,15 @@ def _constant(answer):
     return route
 
 
-def _title(service: Service) -> str:
-    return f"{service.model_name} [{service.model_hash}]"
+def _model_entry(title: str, name: str, digest: str, filename: str) -> dict:
+    """One of A1111's SDModelItem."""
+    return {"title": title, "model_name": name, "hash": digest, "sha256": None, "filename": filename, "config": None}
 
 
 def _check_model(service: Service, model) -> None:
     """A request or option naming a checkpoint must name the one served (by title or name)."""
-    if model is not None and model not in (_title(service), service.model_name):
-        raise UserInputError(f"this server serves one model ({_title(service)}) and cannot load {model!r}; start "
+    if model is not None and model not in (service.model_title, service.model_name):
+        raise UserInputError(f"this server serves one model ({service.model_title}) and cannot load {model!r}; start "
                              "another sdrt serve for it")
 
 

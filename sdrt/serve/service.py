@@ -16,6 +16,7 @@ import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from ..runtime import GenerationResult, Pipeline
+from .a1111 import checkpoint_title
 from .batcher import Job
 from .settings import OPTION_DEFAULTS
 
@@ -111,20 +112,23 @@ class Service:
 
     @property
     def model_name(self) -> str:
-        source = self.pipe.manifest.source.get("model") if self.pipe else None
-        return Path(str(source)).stem if source else self.folder.name
-
-    @property
-    def refiner_title(self) -> str | None:
-        """The loaded refiner as A1111 names a checkpoint: ``name [hash]``."""
-        refiner = self.pipe.refiner if self.pipe else None
-        if refiner is None:
-            return None
-        return f"{Path(str(refiner.manifest.source.get('model'))).stem} [{refiner.manifest.model_hash}]"
+        return _source_name(self.pipe, self.folder.name)
 
     @property
     def model_hash(self) -> str:
         return self.pipe.manifest.model_hash if self.pipe else ""
+
+    @property
+    def model_title(self) -> str:
+        """The served model as AUTOMATIC1111 names a checkpoint: ``name [hash]``."""
+        return checkpoint_title(self.model_name, self.model_hash)
+
+    @property
+    def refiner(self) -> tuple[str, str] | None:
+        """The loaded refiner's name and hash, if one is loaded."""
+        refiner = self.pipe.refiner if self.pipe else None
+        return None if refiner is None else (_source_name(refiner, Path(str(refiner.folder)).name),
+                                             refiner.manifest.model_hash)
 
     @property
     def max_batch(self) -> int:
@@ -178,6 +182,12 @@ class Service:
         with self.progress.lock:
             self.progress.step += 1
             return self.progress.interrupted  # True stops the loop; the latents so far are decoded (as A1111)
+
+
+def _source_name(pipe: Pipeline | None, fallback: str) -> str:
+    """A model's name as A1111 shows it: the stem of what it was exported from, else ``fallback``."""
+    source = pipe.manifest.source.get("model") if pipe else None
+    return Path(str(source)).stem if source else fallback
 
 
 def _merge(results: list[GenerationResult]) -> GenerationResult:

@@ -28,12 +28,11 @@ OPTION_DEFAULTS: dict[str, Any] = {
 }
 # Options that change the image and that sdrt runs at these values only ("randn_source": sdrt draws torch's CPU
 # numbers, A1111's "CPU"). Any other option (saving, UI, …) is kept and has no effect on the image.
-FIXED_OPTIONS: dict[str, tuple] = {
-    "eta_noise_seed_delta": (0,), "randn_source": ("CPU",), "sd_vae": ("Automatic", "None"),
-    "always_discard_next_to_last_sigma": (False,), "sgm_noise_multiplier": (False,), "img2img_fix_steps": (False,),
-    "initial_noise_multiplier": (1.0,), "comma_padding_backtrack": (20,), "use_old_emphasis_implementation": (False,),
-    "sdxl_clip_l_skip": (False,),
-}
+FIXED_OPTIONS: dict[str, tuple] = {key: (OPTION_DEFAULTS[key],) for key in (
+    "eta_noise_seed_delta", "randn_source", "always_discard_next_to_last_sigma", "sgm_noise_multiplier",
+    "img2img_fix_steps", "initial_noise_multiplier", "comma_padding_backtrack", "use_old_emphasis_implementation",
+    "sdxl_clip_l_skip",
+)} | {"sd_vae": ("Automatic", "None")}
 EMPHASIS = {"Original": True, "None": False}  # A1111's emphasis modes sdrt has → prompt weighting on/off
 NUMBERS = ("eta_ddim", "eta_ancestral", "s_churn", "s_tmin", "s_tmax", "s_noise", "s_min_uncond")
 
