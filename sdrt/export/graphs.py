@@ -111,11 +111,9 @@ def component_graphs(pipe, family: Family) -> list[ComponentGraph]:
             "timestep": torch.randint(0, 1000, (b,), generator=g).float(),
             "encoder_hidden_states": torch.randn(b, s.tokens, text_dim, generator=g),
         }
-        for spec in extras:  # SDXL: pooled text embeddings, and time ids as sizes in pixels
-            size = (b, spec.shape[1])
-            inputs[spec.name] = (torch.randn(*size, generator=g) if spec.name != "time_ids"
-                                 else torch.tensor([s.latent_h * scale, s.latent_w * scale, 0, 0, s.latent_h * scale,
-                                                    s.latent_w * scale, 6.0][: spec.shape[1]], dtype=torch.float32).repeat(b, 1))
+        for spec in extras:  # SDXL: pooled text embeddings, and time ids as diffusers makes them
+            inputs[spec.name] = (_time_ids(s, scale, spec.shape[1]).repeat(b, 1) if spec.name == "time_ids"
+                                 else torch.randn(b, spec.shape[1], generator=g))
         return inputs
 
     def latent(s: Shape, g):
@@ -136,6 +134,12 @@ def component_graphs(pipe, family: Family) -> list[ComponentGraph]:
         ComponentGraph(VAE_DECODER.name, VaeDecoderGraph(vae), *VaeDecoder.io(latent_channels), latent),
         ComponentGraph(VAE_ENCODER.name, VaeEncoderGraph(vae), *VaeEncoder.io(latent_channels), image),
     ]
+
+
+def _time_ids(s: Shape, scale: int, count: int) -> torch.Tensor:
+    """SDXL's micro-conditioning: original size, crop corner, then the target size (6) or an aesthetic score (5)."""
+    size = [s.latent_h * scale, s.latent_w * scale]
+    return torch.tensor(size + [0, 0] + (size if count == 6 else [6.0]), dtype=torch.float32)
 
 
 def text_encoder_graph(pipe, spec: TextEncoderSpec) -> ComponentGraph:

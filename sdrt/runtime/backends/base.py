@@ -46,8 +46,9 @@ class Backend(ABC):
             checked[t.name] = np.ascontiguousarray(value, dtype=t.dtype)
         started = time.perf_counter()
         outputs = self.run_impl(component, checked)
+        elapsed = time.perf_counter() - started
         for observe in self.observers:
-            observe(component, time.perf_counter() - started)
+            observe(component, elapsed)
         return outputs
 
     def prepare(self, shape: RunShape) -> None:

@@ -206,11 +206,11 @@ class Scheduler:
         raise NotImplementedError
 
     def set_noise_source(self, noise: NoiseSource) -> None:
-        """Where a stochastic sampler (euler-a, dpm++sde, ddpm, lcm) draws its noise: ``noise(shape)`` returns standard
-        normal float32 noise. euler-a, ddpm and lcm call it exactly where diffusers calls ``randn_tensor``, with the
-        same shapes, so a source that replays torch's CPU ``randn`` stream reproduces diffusers' samples; dpm++sde
-        samples its Brownian path from it (diffusers uses torchsde there: see dpm_sde.py). Deterministic samplers
-        never call it."""
+        """Where a stochastic sampler (euler-a, dpm++sde, ddpm, lcm, ddim at η > 0) draws its noise: ``noise(shape)``
+        returns standard normal float32 noise. euler-a, ddpm, lcm and ddim call it exactly where diffusers calls
+        ``randn_tensor``, with the same shapes, so a source that replays torch's CPU ``randn`` stream reproduces
+        diffusers' samples; dpm++sde samples its Brownian path from it (diffusers uses torchsde there: see
+        dpm_sde.py). Deterministic samplers never call it."""
         self._noise = noise
 
     def set_noise_scales(self, eta: float | None = None, s_noise: float | None = None) -> None:
