@@ -8,7 +8,7 @@ import onnxruntime as ort
 import pytest
 
 from sdrt.errors import ExportError, ModelSourceError
-from sdrt.export import export, onnx_io
+from sdrt.export import export, memory, onnx_io
 from sdrt.export.validate import TOLERANCE
 from sdrt.manifest import load_manifest
 
@@ -65,10 +65,13 @@ def test_large_graphs_use_one_external_data_file(tmp_path, monkeypatch):
     from sdrt.export.graphs import Shape, component_graphs
     from sdrt.families import FAMILIES
 
-    graph = component_graphs(build_random_pipeline("tiny"), FAMILIES["sd1"])[2]  # vae_decoder
-    proto = onnx_io.trace_to_onnx(graph, Shape(1, 9, 11))
+    graph = component_graphs(build_random_pipeline("tiny"), FAMILIES["sd1"])[1]  # vae_decoder
+    (tmp_path / "trace").mkdir()
+    traced = onnx_io.trace_to_onnx(graph, Shape(1, 9, 11), tmp_path / "trace")
     monkeypatch.setattr(onnx_io, "EXTERNAL_DATA_THRESHOLD", 1000)  # pretend it is over 2 GB
-    file, data, _ = onnx_io.save(proto, tmp_path, "vae_decoder")
+    (tmp_path / "out").mkdir()
+    file, data, _ = onnx_io.convert(traced, tmp_path / "out", "vae_decoder", "fp16")
+    tmp_path = tmp_path / "out"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["vae_decoder.onnx", "vae_decoder.onnx.data"]
     session = ort.InferenceSession(str(tmp_path / file), providers=["CPUExecutionProvider"])
     assert session.run(None, {"latent": np.zeros((1, 4, 8, 8), np.float32)})[0].shape == (1, 3, 64, 64)
@@ -110,4 +113,27 @@ def test_diffusers_folder_round_trip(tmp_path, reference_pipeline, export_dir):
     reference_pipeline("tiny").save_pretrained(tmp_path / "diffusers")
     m = export(str(tmp_path / "diffusers"), tmp_path / "out")
     assert m.source["kind"] == "diffusers" and m.family == "sd1"
-    assert m.model_hash == load_manifest(export_dir("tiny")).model_hash  # same weights, same hash
+    # the folder's files are hashed, so an fp16 export (weights loaded in fp16) names the same model
+    half = export(str(tmp_path / "diffusers"), tmp_path / "out16", fp16=True, validate=False)
+    assert half.model_hash == m.model_hash and len(m.model_hash) == 10
+
+
+def test_parameter_counts_come_from_configs_and_headers(tmp_path, reference_pipeline):
+    pipe = reference_pipeline("tiny-sdxl")
+    built = {n: sum(p.numel() for p in getattr(pipe, n).parameters()) for n in ("unet", "vae", "text_encoder", "text_encoder_2")}
+    assert memory.parameter_counts("tiny-sdxl") == built  # made on the meta device, nothing allocated
+    pipe.save_pretrained(tmp_path / "diffusers")
+    assert memory.parameter_counts(str(tmp_path / "diffusers")) == built  # from the safetensors headers
+    assert memory.parameter_counts(str(tmp_path / "nope")) is None
+
+
+def test_an_export_that_cannot_fit_is_refused_before_any_work(tmp_path, monkeypatch):
+    monkeypatch.setattr(memory, "available_bytes", lambda: 2_000_000_000)
+    with pytest.raises(ExportError, match=r"needs about 13\.\d GB of memory .* Close other programs"):
+        export("sdxl-arch", tmp_path / "out", fp16=True)
+    assert list(tmp_path.iterdir()) == []
+    counts = memory.parameter_counts("sdxl-arch")
+    monkeypatch.setattr(memory, "available_bytes", lambda: memory.estimate_peak(counts, True) + 1)
+    with pytest.raises(ExportError, match=r"in fp32 needs .* Export with --fp16 \(about 13\.\d GB\)"):
+        memory.check_fits("sdxl-arch", fp16=False)
+    memory.check_fits("sdxl-arch", fp16=True)  # fits: no error

@@ -3,11 +3,13 @@
 Nothing is downloaded. ``shapes`` carries weights trained by ``scripts/train_shapes.py`` (stored
 as fp16 safetensors in ``sdrt/data/weights/shapes``): it draws what it is told. The others have
 random weights drawn from a seed: ``tiny``, ``tiny-sd2``, ``tiny-inpaint`` and ``tiny-sdxl`` are small enough
-for structural tests; ``sd15-arch`` and ``sd21-arch`` have full-size configs so benchmarks do real-sized work.
+for structural tests; ``sd15-arch``, ``sd21-arch`` and ``sdxl-arch`` have full-size configs so benchmarks do
+real-sized work.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +18,7 @@ DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 ARCH_DIR = DATA_DIR / "arch"
 WEIGHTS_DIR = DATA_DIR / "weights"
 CLIP_VOCAB_DIR = DATA_DIR / "clip"
-NETWORKS = ("unet", "vae", "text_encoder")
+NETWORKS = ("unet", "vae", "text_encoder", "text_encoder_2")
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,7 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
     "tiny-sdxl-refiner": BuiltinModel("tiny-sdxl-refiner", (64, 512)),  # the second encoder alone, aesthetic scores
     "sd15-arch": BuiltinModel("sd15", (256, 1024)),
     "sd21-arch": BuiltinModel("sd21", (256, 1024)),
+    "sdxl-arch": BuiltinModel("sdxl", (512, 1536)),
 }
 DEFAULT_SEED = 0
 
@@ -51,27 +54,39 @@ def clip_tokenizer(tokenizer_config: dict):
     return CLIPTokenizer(str(CLIP_VOCAB_DIR / "vocab.json"), str(CLIP_VOCAB_DIR / "merges.txt"), **kwargs)
 
 
-def build_builtin(name: str):
-    """The diffusers pipeline of the built-in model ``name``."""
+def build_builtin(name: str, dtype=None):
+    """The diffusers pipeline of the built-in model ``name``, its weights in ``dtype`` (default fp32)."""
     model = BUILTIN_MODELS[name]
-    pipe = build_random_pipeline(model.arch)
+    pipe = build_random_pipeline(model.arch, dtype=dtype)
     if model.trained:
         load_weights(pipe, WEIGHTS_DIR / model.arch)
     return pipe
+
+
+def builtin_hash(name: str) -> str:
+    """A built-in's short hash: of what its weights follow from (configs, seed, trained weights), so that it does
+    not depend on the precision they are loaded in."""
+    model = BUILTIN_MODELS[name]
+    digest = hashlib.sha256(f"{model.arch} seed {DEFAULT_SEED}".encode())
+    folders = [ARCH_DIR / model.arch] + ([WEIGHTS_DIR / model.arch] if model.trained else [])
+    for path in sorted(p for folder in folders for p in folder.rglob("*") if p.is_file()):
+        digest.update(path.relative_to(DATA_DIR).as_posix().encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:10]
 
 
 def load_weights(pipe, folder: Path) -> None:
     """Load ``<network>.safetensors`` (fp16 on disk) into the pipeline's fp32 networks, strictly."""
     from safetensors.torch import load_file
 
-    for name in NETWORKS:
-        state = {k: v.float() for k, v in load_file(str(folder / f"{name}.safetensors")).items()}
-        getattr(pipe, name).load_state_dict(state, strict=True)
+    for name in ("unet", "vae", "text_encoder"):  # load_state_dict copies into the networks' own dtype
+        getattr(pipe, name).load_state_dict(load_file(str(folder / f"{name}.safetensors")), strict=True)
 
 
-def build_random_pipeline(arch: str, seed: int = DEFAULT_SEED):
+def build_random_pipeline(arch: str, seed: int = DEFAULT_SEED, dtype=None):
     """The diffusers pipeline ``model_index.json`` of ``sdrt/data/arch/<arch>`` names, each network made from its
-    config with weights drawn from ``seed``."""
+    config with weights drawn from ``seed`` (in fp32, the same numbers whatever ``dtype``), then cast to ``dtype``
+    before the next is made: SDXL's U-Net alone is 10 GB in fp32."""
     import diffusers
     import torch
     import transformers
@@ -92,6 +107,8 @@ def build_random_pipeline(arch: str, seed: int = DEFAULT_SEED):
                 parts[name] = cls(transformers.CLIPTextConfig(**fields)).eval()
             else:
                 parts[name] = getattr(diffusers, index[name][1]).from_config(config).eval()
+            if dtype is not None:
+                parts[name].to(dtype)
     scheduler_config = _json(root / "scheduler" / "scheduler_config.json")
     parts["scheduler"] = getattr(diffusers, scheduler_config["_class_name"]).from_config(scheduler_config)
     return getattr(diffusers, index["_class_name"])(**parts, **pipeline_kwargs(root, index))

@@ -2,41 +2,41 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
+
+import torch
 
 from ..errors import ExportError
-from ..components import VAE_DECODER, VAE_ENCODER
 from ..families import detect_family
 from ..manifest import DEFAULT_MAX_BATCH, MANIFEST_NAME, ComponentSpec, Manifest, TokenizerSpec
 from ..fileio import write_json, write_text
-from . import onnx_io
-from .graphs import Shape, component_graphs
+from . import memory, onnx_io
+from .graphs import ComponentGraph, Shape, component_graphs
 from .sources import load_model
-from .validate import as_json, report, validate_graph
+from .validate import Check, as_json, references, report, validate_graph
 
 log = logging.getLogger("sdrt.export")
 
 
 def _validation_shapes(size_range: tuple[int, int], scale: int) -> list[Shape]:
-    """Two shapes unlike the traced one: square batch 1, and non-square batch 2 (64x64 and 48x80
-    latents, kept inside the declared range)."""
-    lo, hi = size_range[0] // scale, size_range[1] // scale
-
-    def clip(v: int) -> int:
-        return max(lo, min(hi, v))
-
-    return [Shape(1, clip(64), clip(64)), Shape(2, clip(48), clip(80))]
+    """Two shapes unlike the traced one: square batch 1, and non-square batch 2 (64x64 and 48x80 latents, kept
+    under the declared maximum; a dynamic graph works below the declared minimum too, and smaller shapes keep a big
+    model's check small)."""
+    hi = size_range[1] // scale
+    return [Shape(1, min(hi, 64), min(hi, 64)), Shape(2, min(hi, 48), min(hi, 80))]
 
 
 def _trace_shape(size_range: tuple[int, int], scale: int) -> Shape:
     # An odd latent size makes diffusers' U-Net take its explicit-upsample-size path, so the traced
     # graph sizes each upsampling from its skip connection and works at every latent size, not only
-    # multiples of the U-Net's total downsampling factor.
-    side = max(size_range[0] // scale, min(size_range[1] // scale, 33))
+    # multiples of the U-Net's total downsampling factor. Small, so that tracing computes little.
+    side = min(size_range[1] // scale, 33)
     return Shape(1, side | 1, (side + 2) | 1)
 
 
@@ -78,12 +78,45 @@ def _tokenizer_spec(tokenizer, folder: Path, name: str) -> TokenizerSpec:
     )
 
 
-def _graph_precision(name: str, pipe, precision: str) -> str:
-    """A graph's precision: the export's, except a VAE that overflows in fp16 (its config's ``force_upcast``, as
-    SDXL's: black or NaN images), which stays fp32, as diffusers upcasts it."""
-    if precision == "fp16" and name in (VAE_DECODER.name, VAE_ENCODER.name) and pipe.vae.config.get("force_upcast"):
-        return "fp32"
-    return precision
+def _model_facts(pipe, family) -> dict:
+    """What the manifest needs from the networks' configs, read before the export frees the networks."""
+    return {
+        # A VAE that overflows in fp16 (its config's force_upcast, as SDXL's: black or NaN images) stays fp32 in an
+        # fp16 export, as diffusers upcasts it.
+        "vae_fp32": bool(pipe.vae.config.get("force_upcast")),
+        "latent_channels": pipe.vae.config.latent_channels,
+        "vae_scaling_factor": float(pipe.vae.config.scaling_factor),
+        "sample_size": pipe.unet.config.sample_size,
+        # CLIP skip counts back from each encoder's own layer (SDXL's is the penultimate one)
+        "text_layers": min(getattr(pipe, t.component).config.num_hidden_layers - (t.hidden_state != "last")
+                           for t in family.text_encoders),
+    }
+
+
+def _export_graph(graph: ComponentGraph, folder: Path, precision: str, size_range: tuple[int, int], scale: int,
+                  validate: bool, release: Callable[[], None] | None) -> tuple[ComponentSpec, list[Check]]:
+    """Trace, convert and check one graph. Its module computes in fp32 (an fp16 export loaded its weights rounded to
+    fp16: what the graph will hold); ``release`` frees the network once PyTorch's part is done, before ONNX
+    Runtime loads the graph."""
+    t0 = time.perf_counter()
+    graph.module.float()
+    scratch = folder / f".trace-{graph.name}"
+    scratch.mkdir()
+    try:
+        traced = onnx_io.trace_to_onnx(graph, _trace_shape(size_range, scale), scratch)
+        refs = references(graph, _validation_shapes(size_range, scale)) if validate else []
+        name, inputs, outputs, fp32_scopes = graph.name, graph.inputs, graph.outputs, graph.fp32_scopes
+        if release:
+            release()
+        del graph
+        gc.collect()
+        memory.trim()
+        file, data, digest = onnx_io.convert(traced, folder, name, precision, fp32_scopes)
+    finally:
+        shutil.rmtree(scratch)
+    log.info("exported %s (%s) in %.1f s", name, precision, time.perf_counter() - t0)
+    checks = validate_graph(name, outputs, folder / file, precision, refs) if validate else []
+    return ComponentSpec(file, digest, precision, inputs, outputs, data), checks
 
 
 def export(
@@ -104,7 +137,14 @@ def export(
     """
     out = Path(out)
     started = time.perf_counter()
-    loaded = load_model(model, allow_pickle=allow_pickle, arch=arch)
+    need = memory.check_fits(model, fp16)
+    with memory.freed_memory_returned(bool(need and need > memory.BIG_EXPORT_BYTES)):
+        return _export(model, out, fp16, allow_pickle, arch, size_range, max_batch, validate, started)
+
+
+def _export(model: str, out: Path, fp16: bool, allow_pickle: bool, arch: str | None,
+            size_range: tuple[int, int] | None, max_batch: int, validate: bool, started: float) -> Manifest:
+    loaded = load_model(model, allow_pickle=allow_pickle, arch=arch, dtype=torch.float16 if fp16 else None)
     pipe = loaded.pipe
     scheduler_config = {k: v for k, v in dict(pipe.scheduler.config).items() if not k.startswith("_")}
     scheduler_config["_class_name"] = type(pipe.scheduler).__name__
@@ -120,21 +160,19 @@ def export(
         raise ExportError(f"size range {size_range} must be two multiples of 8, smallest first.")
     precision = "fp16" if fp16 else "fp32"
 
+    facts = _model_facts(pipe, family)
     tmp = _prepare_output(out)
     try:
         components, checks = {}, []
-        for graph in component_graphs(pipe, family):
-            t0 = time.perf_counter()
-            graph_precision = _graph_precision(graph.name, pipe, precision)
-            proto = onnx_io.trace_to_onnx(graph, _trace_shape(size_range, scale))
-            if graph_precision == "fp16":
-                proto = onnx_io.to_fp16(proto, graph)
-            file, data, digest = onnx_io.save(proto, tmp, graph.name)
-            del proto
-            components[graph.name] = ComponentSpec(file, digest, graph_precision, graph.inputs, graph.outputs, data)
-            log.info("exported %s (%s) in %.1f s", graph.name, graph_precision, time.perf_counter() - t0)
-            if validate:
-                checks += validate_graph(graph, tmp / file, graph_precision, _validation_shapes(size_range, scale))
+        graphs = component_graphs(pipe, family)
+        while graphs:  # popped, so that a network's last graph holds the only references to it
+            source, name = graphs[0].source, graphs[0].name
+            graph_precision = "fp32" if source == "vae" and facts["vae_fp32"] else precision
+            last_use = source not in {g.source for g in graphs[1:]}
+            release = (lambda source=source: setattr(pipe, source, None)) if last_use else None
+            components[name], graph_checks = _export_graph(graphs.pop(0), tmp, graph_precision, size_range, scale,
+                                                           validate, release)
+            checks += graph_checks
 
         text = report(checks) if validate else "validation skipped (--no-validate)"
         write_text(tmp / "validation.txt", text + "\n")
@@ -153,18 +191,16 @@ def export(
                         for t in family.text_encoders},
             scheduler_config=scheduler_config,
             prediction_type=prediction_type,
-            latent_channels=pipe.vae.config.latent_channels,
+            latent_channels=facts["latent_channels"],
             vae_scale_factor=scale,
-            vae_scaling_factor=float(pipe.vae.config.scaling_factor),
-            default_size=min(max(pipe.unet.config.sample_size * scale, size_range[0]), size_range[1]),
+            vae_scaling_factor=facts["vae_scaling_factor"],
+            default_size=min(max(facts["sample_size"] * scale, size_range[0]), size_range[1]),
             size_range=size_range,
             max_batch=max_batch,
             model_hash=loaded.model_hash,
             source={"kind": loaded.kind, "model": loaded.name},
             tools=_tool_versions(),
-            # CLIP skip counts back from each encoder's own layer (SDXL's is the penultimate one)
-            text_layers=min(getattr(pipe, t.component).config.num_hidden_layers - (t.hidden_state != "last")
-                            for t in family.text_encoders),
+            text_layers=facts["text_layers"],
             zero_empty_negative=bool(getattr(pipe.config, "force_zeros_for_empty_prompt", False)),
             validation={"file": "validation.json", "passed": bool(checks) and not failed, "checks": len(checks),
                         "export_seconds": round(time.perf_counter() - started, 2)},

@@ -26,6 +26,7 @@ class Shape:
 @dataclass(frozen=True)
 class ComponentGraph:
     name: str
+    source: str  # the pipeline's network it wraps: "unet", "vae", "text_encoder", ...
     module: torch.nn.Module
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
@@ -95,8 +96,9 @@ class VaeEncoderGraph(torch.nn.Module):
 
 
 def component_graphs(pipe, family: Family) -> list[ComponentGraph]:
-    """The graphs of a pipeline of ``family``, wrapped with the contract's IO names: its text encoders, the U-Net
-    (with the family's extra conditioning inputs), the VAE decoder and encoder."""
+    """The graphs of a pipeline of ``family``, wrapped with the contract's IO names: its text encoders, the VAE
+    decoder and encoder, and the U-Net (with the family's extra conditioning inputs) last, so that an export can
+    free each network once it is done with it before the biggest one is traced."""
     unet, vae = pipe.unet, pipe.vae
     channels = unet.config.in_channels
     latent_channels = vae.config.latent_channels
@@ -124,15 +126,15 @@ def component_graphs(pipe, family: Family) -> list[ComponentGraph]:
 
     return [
         *(text_encoder_graph(pipe, spec) for spec in family.text_encoders),
+        ComponentGraph(VAE_DECODER.name, "vae", VaeDecoderGraph(vae), *VaeDecoder.io(latent_channels), latent),
+        ComponentGraph(VAE_ENCODER.name, "vae", VaeEncoderGraph(vae), *VaeEncoder.io(latent_channels), image),
         ComponentGraph(
-            UNET.name, UNetGraph(unet, tuple(t.name for t in extras)),
+            UNET.name, "unet", UNetGraph(unet, tuple(t.name for t in extras)),
             *Denoiser.io(channels, unet.config.out_channels, text_dim, extras), unet_inputs,
             # The sinusoidal timestep embedding of t up to 999 loses whole radians in fp16;
             # diffusers computes it in fp32 for fp16 models too.
             fp32_scopes=("/unet/time_proj/",),
         ),
-        ComponentGraph(VAE_DECODER.name, VaeDecoderGraph(vae), *VaeDecoder.io(latent_channels), latent),
-        ComponentGraph(VAE_ENCODER.name, VaeEncoderGraph(vae), *VaeEncoder.io(latent_channels), image),
     ]
 
 
@@ -153,7 +155,7 @@ def text_encoder_graph(pipe, spec: TextEncoderSpec) -> ComponentGraph:
         return {"input_ids": torch.randint(0, config.vocab_size, (s.batch, s.tokens), generator=g, dtype=torch.int32),
                 "clip_skip": skip}
 
-    return ComponentGraph(spec.component, TextEncoderGraph(encoder, spec), *TextEncoder.io(config.hidden_size, pooled),
+    return ComponentGraph(spec.component, spec.component, TextEncoderGraph(encoder, spec), *TextEncoder.io(config.hidden_size, pooled),
                           ids)
 
 

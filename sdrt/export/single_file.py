@@ -20,8 +20,8 @@ _UNSUPPORTED_SDXL = {"xl_inpaint", "playground-v2-5"}
 _PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
 
 
-def load_single_file(path: Path, arch: str | None = None, *, allow_pickle: bool = False):
-    """Load an LDM-layout checkpoint (SGM for SDXL) as a float32 diffusers pipeline on the CPU: the class its
+def load_single_file(path: Path, arch: str | None = None, *, allow_pickle: bool = False, dtype=None):
+    """Load an LDM-layout checkpoint (SGM for SDXL) as a diffusers pipeline on the CPU, in ``dtype`` (default fp32): the class its
     architecture's ``model_index.json`` names (StableDiffusionPipeline, StableDiffusionXLPipeline, or the refiner's
     StableDiffusionXLImg2ImgPipeline).
 
@@ -46,6 +46,7 @@ def load_single_file(path: Path, arch: str | None = None, *, allow_pickle: bool 
             str(path),
             config=str(config_dir),  # a local folder: diffusers reads every component config from it
             local_files_only=True,  # and never falls back to the hub
+            torch_dtype=dtype,
             **pipeline_kwargs(config_dir, index),
         )
     except Exception as e:  # diffusers raises ValueError, OSError, KeyError, SingleFileComponentError, ...

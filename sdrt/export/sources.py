@@ -8,14 +8,14 @@ from pathlib import Path
 
 from ..errors import ModelSourceError
 from ..fileio import sha256_file
-from .builtin import BUILTIN_MODELS, build_builtin
+from .builtin import BUILTIN_MODELS, NETWORKS, build_builtin, builtin_hash
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
 
 
 @dataclass
 class LoadedModel:
-    pipe: object  # a diffusers pipeline, in fp32 on the CPU
+    pipe: object  # a diffusers pipeline on the CPU
     kind: str  # "builtin" | "diffusers" | "single_file"
     name: str  # as the user gave it
     model_hash: str  # AUTOMATIC1111-style short hash (first 10 hex digits of a sha256)
@@ -29,20 +29,18 @@ def _pickle_refusal(what: str) -> ModelSourceError:
     )
 
 
-def _weights_hash(pipe) -> str:
-    """Hash of every weight of the pipeline's networks, for sources without one checkpoint file."""
+def _folder_hash(folder: Path) -> str:
+    """Hash of a diffusers folder's network weight files (names and bytes): the same whatever precision the
+    networks are loaded in."""
     digest = hashlib.sha256()
-    for part in ("text_encoder", "text_encoder_2", "unet", "vae"):
-        module = getattr(pipe, part, None)
-        if module is None:
-            continue
-        for key, tensor in sorted(module.state_dict().items()):
-            digest.update(f"{part}.{key}".encode())
-            digest.update(tensor.detach().contiguous().cpu().numpy().tobytes())
+    for part in NETWORKS:
+        for path in sorted(p for p in (folder / part).glob("*") if p.suffix in (".safetensors",) + PICKLE_SUFFIXES):
+            digest.update(path.relative_to(folder).as_posix().encode())
+            digest.update(bytes.fromhex(sha256_file(path)))
     return digest.hexdigest()[:10]
 
 
-def _load_diffusers_folder(folder: Path, allow_pickle: bool):
+def _load_diffusers_folder(folder: Path, allow_pickle: bool, dtype):
     from diffusers import DiffusionPipeline
 
     has_safetensors = any(folder.rglob("*.safetensors"))
@@ -55,20 +53,22 @@ def _load_diffusers_folder(folder: Path, allow_pickle: bool):
             use_safetensors=None if allow_pickle else True,
             safety_checker=None,
             requires_safety_checker=False,
+            torch_dtype=dtype,
         )
     except Exception as e:  # diffusers raises OSError, ValueError, EnvironmentError, ...
         raise ModelSourceError(f"could not load the diffusers folder {folder}: {e}") from e
 
 
-def load_model(model: str, allow_pickle: bool = False, arch: str | None = None) -> LoadedModel:
-    """Load ``model`` (a built-in name, a diffusers folder or a checkpoint file) as a diffusers pipeline.
+def load_model(model: str, allow_pickle: bool = False, arch: str | None = None, dtype=None) -> LoadedModel:
+    """Load ``model`` (a built-in name, a diffusers folder or a checkpoint file) as a diffusers pipeline, its
+    weights in ``dtype`` (default fp32; an fp16 export loads them in fp16, half the memory).
 
     ``arch`` names the architecture config (``sdrt/data/arch``) of a single-file checkpoint when its
     keys cannot tell it.
     """
     if model in BUILTIN_MODELS:
-        pipe = build_builtin(model)
-        return LoadedModel(pipe, "builtin", model, _weights_hash(pipe), BUILTIN_MODELS[model].size_range)
+        pipe = build_builtin(model, dtype)
+        return LoadedModel(pipe, "builtin", model, builtin_hash(model), BUILTIN_MODELS[model].size_range)
 
     path = Path(model).expanduser()
     if not path.exists():
@@ -79,8 +79,8 @@ def load_model(model: str, allow_pickle: bool = False, arch: str | None = None) 
     if path.is_dir():
         if not (path / "model_index.json").is_file():
             raise ModelSourceError(f"{path} has no model_index.json, so it is not a diffusers pipeline folder.")
-        pipe = _load_diffusers_folder(path, allow_pickle)
-        return LoadedModel(pipe, "diffusers", model, _weights_hash(pipe))
+        pipe = _load_diffusers_folder(path, allow_pickle, dtype)
+        return LoadedModel(pipe, "diffusers", model, _folder_hash(path))
 
     suffix = path.suffix.lower()
     if suffix in PICKLE_SUFFIXES and not allow_pickle:
@@ -89,6 +89,6 @@ def load_model(model: str, allow_pickle: bool = False, arch: str | None = None) 
         raise ModelSourceError(f"{path} is not a .safetensors checkpoint or a diffusers folder.")
     from .single_file import load_single_file
 
-    pipe = load_single_file(path, arch, allow_pickle=allow_pickle)
+    pipe = load_single_file(path, arch, allow_pickle=allow_pickle, dtype=dtype)
     # AUTOMATIC1111 names a checkpoint by the first 10 hex digits of the file's sha256.
     return LoadedModel(pipe, "single_file", model, sha256_file(path)[:10])

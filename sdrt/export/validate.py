@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..manifest import TensorSpec
 from .graphs import ComponentGraph, Shape
 
 # Relative error = max |onnx - torch| / max |torch|, per output.
@@ -29,27 +30,50 @@ class Check:
         return self.finite and self.relative_error < self.tolerance
 
 
-def validate_graph(graph: ComponentGraph, onnx_path: Path, precision: str, shapes: list[Shape], seed: int = 1234) -> list[Check]:
-    import onnxruntime as ort
+@dataclass(frozen=True)
+class Reference:
+    """What PyTorch computes for one set of random inputs of one shape."""
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
-    checks = []
+    shape: str
+    inputs: dict[str, np.ndarray]
+    outputs: tuple[np.ndarray, ...]
+
+
+def references(graph: ComponentGraph, shapes: list[Shape], seed: int = 1234) -> list[Reference]:
+    """PyTorch's outputs at ``shapes``: taken before the graph is written, so the module can be freed first."""
+    refs = []
     for shape in shapes:
         inputs = graph.make_inputs(shape, torch.Generator().manual_seed(seed))
         with torch.no_grad():
             expected = graph.module(*inputs.values())
         expected = expected if isinstance(expected, tuple) else (expected,)
-        got = session.run(None, {k: v.numpy() for k, v in inputs.items()})
         label = "x".join(f"{k}={list(v.shape)}" for k, v in inputs.items())
-        for spec, ref, out in zip(graph.outputs, expected, got):
-            ref = ref.numpy().astype(np.float64)
+        refs.append(Reference(label, {k: v.numpy() for k, v in inputs.items()}, tuple(e.numpy() for e in expected)))
+    return refs
+
+
+def validate_graph(component: str, outputs: tuple[TensorSpec, ...], onnx_path: Path, precision: str,
+                   refs: list[Reference]) -> list[Check]:
+    """ONNX Runtime's outputs of the graph at ``onnx_path`` against PyTorch's ``refs``, output by output."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    # The graph as written, not ONNX Runtime's rewrite of it; and on the CPU an fp16 graph's weights are then cast
+    # as each node runs rather than folded into fp32 copies of them all (SDXL's U-Net: 10 GB more).
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.enable_cpu_mem_arena = False  # a check runs once: give each activation back when done with it
+    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    checks = []
+    for ref in refs:
+        got = session.run(None, ref.inputs)
+        for spec, expected, out in zip(outputs, ref.outputs, got):
+            expected = expected.astype(np.float64)
             out = out.astype(np.float64)
             finite = bool(np.isfinite(out).all())
-            err = float(np.abs(out - ref).max()) if finite else float("inf")
-            scale = float(np.abs(ref).max()) or 1.0
-            checks.append(Check(graph.name, label, spec.name, err, err / scale, TOLERANCE[precision], finite))
+            err = float(np.abs(out - expected).max()) if finite else float("inf")
+            scale = float(np.abs(expected).max()) or 1.0
+            checks.append(Check(component, ref.shape, spec.name, err, err / scale, TOLERANCE[precision], finite))
     return checks
 
 

@@ -1,0 +1,163 @@
+"""Whether an export fits in this machine's memory, decided before any work, from the networks' parameter counts.
+
+The export holds every network in the export's precision, and traces one network at a time in fp32 after freeing
+those it is done with, the biggest (the U-Net) last and alone (see ``exporter``). So its peak is the larger of
+loading (all networks, each made or read in fp32 before it is cast) and tracing the U-Net in fp32. Both factors
+were measured on SDXL's architecture (README, "Big models"); the estimate errs a little high.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+from pathlib import Path
+
+from ..errors import ExportError
+from .builtin import ARCH_DIR, BUILTIN_MODELS, NETWORKS
+
+BASE_BYTES = 1.0e9  # Python with torch, diffusers, transformers, onnx and ONNX Runtime loaded
+TRACE_FACTOR = 1.25  # tracing a network to ONNX peaks at this many times its fp32 weights
+_UNET_PREFIXES = ("model.diffusion_model.",)  # a single-file checkpoint's U-Net
+_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+BIG_EXPORT_BYTES = 6e9  # exports estimated past this return freed memory at once (see freed_memory_returned)
+
+
+def parameter_counts(model: str) -> dict[str, int] | None:
+    """Parameters per network of ``model`` (a built-in, a diffusers folder, a .safetensors checkpoint), read from
+    configs or file headers; None where they cannot be told without loading it (pickles, unknown sources)."""
+    if model in BUILTIN_MODELS:
+        return _counts_from_configs(ARCH_DIR / BUILTIN_MODELS[model].arch)
+    path = Path(model).expanduser()
+    if path.is_dir() and (path / "model_index.json").is_file():
+        counts = {n: _safetensors_count(sorted((path / n).glob("*.safetensors"))) for n in NETWORKS}
+        return {n: c for n, c in counts.items() if c} or None
+    if path.is_file() and path.suffix == ".safetensors":
+        shapes = _safetensors_shapes(path)
+        unet = sum(_numel(s) for k, s in shapes.items() if k.startswith(_UNET_PREFIXES))
+        return {"unet": unet, "others": sum(map(_numel, shapes.values())) - unet}
+    return None
+
+
+def estimate_peak(counts: dict[str, int], fp16: bool) -> float:
+    """Bytes an export of networks with ``counts`` parameters needs at its peak."""
+    stored = 2 if fp16 else 4
+    largest, total = max(counts.values()), sum(counts.values())
+    loading = total * stored + largest * (4 - stored)
+    tracing = largest * 4 * TRACE_FACTOR
+    return BASE_BYTES + max(loading, tracing)
+
+
+def check_fits(model: str, fp16: bool) -> float | None:
+    """Refuse, before loading anything, an export this machine's free memory cannot hold; else return the
+    estimated peak (None where it cannot be told)."""
+    counts = parameter_counts(model)
+    if counts is None:
+        return None
+    need = estimate_peak(counts, fp16)
+    available = available_bytes()
+    if available is None or need <= available:
+        return need
+    hint = ""
+    if not fp16 and estimate_peak(counts, True) <= available:
+        hint = f" Export with --fp16 (about {estimate_peak(counts, True) / 1e9:.1f} GB), or"
+    raise ExportError(
+        f"exporting {model} in {'fp16' if fp16 else 'fp32'} needs about {need / 1e9:.1f} GB of memory "
+        f"({sum(counts.values()) / 1e9:.2f} B parameters, the largest network {max(counts.values()) / 1e9:.2f} B), "
+        f"and {available / 1e9:.1f} GB is available.{hint or ''} Close other programs or use a machine with more "
+        "memory."
+    )
+
+
+@contextlib.contextmanager
+def freed_memory_returned(enabled: bool):
+    """While exporting a big model, make freed memory go back to the system at once (glibc; elsewhere nothing).
+
+    glibc serves allocations under a threshold it raises up to 32 MB from its heap, where freed blocks stay: tracing
+    SDXL's U-Net peaked 6 GB above its weights. With blocks past 1 MB taken from mmap, each is returned when freed
+    (the trace then peaks 0.6 GB above its weights, and takes about twice as long, so small models are left as
+    they are). Afterwards the threshold is set to 32 MB, where glibc's own adjustment ends up."""
+    libc = _glibc() if enabled else None
+    if libc is not None:
+        libc.mallopt(_M_MMAP_THRESHOLD, 1 << 20)
+    try:
+        yield
+    finally:
+        if libc is not None:
+            libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20)
+
+
+def trim() -> None:
+    """Hand the heap's free memory back to the system (glibc)."""
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
+def _glibc():
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None
+
+
+def available_bytes() -> int | None:
+    """Memory this process can still take: the system's available memory, or less under a cgroup limit."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            info = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in f}
+        available = info["MemAvailable"]
+    except (OSError, KeyError, ValueError):
+        return None
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        used = int(Path("/sys/fs/cgroup/memory.current").read_text())
+        if limit != "max":
+            available = min(available, int(limit) - used)
+    except (OSError, ValueError):
+        pass
+    return available
+
+
+def _counts_from_configs(root: Path) -> dict[str, int]:
+    """Parameters of each network an arch folder describes, counted on networks made on the meta device."""
+    import diffusers
+    import torch
+    import transformers
+
+    index = json.loads((root / "model_index.json").read_text(encoding="utf-8"))
+    counts = {}
+    for name in NETWORKS:
+        if index.get(name, [None])[0] is None:
+            continue
+        config = json.loads((root / name / "config.json").read_text(encoding="utf-8"))
+        with torch.device("meta"):
+            if name.startswith("text_encoder"):
+                fields = {k: v for k, v in config.items() if k not in ("architectures", "model_type")}
+                module = getattr(transformers, config["architectures"][0])(transformers.CLIPTextConfig(**fields))
+            else:
+                module = getattr(diffusers, index[name][1]).from_config(config)
+        counts[name] = sum(p.numel() for p in module.parameters())
+    return counts
+
+
+def _safetensors_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    from safetensors import safe_open
+
+    try:  # the header only
+        with safe_open(str(path), framework="pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except Exception:  # unreadable: loading reports it
+        return {}
+
+
+def _safetensors_count(files: list[Path]) -> int:
+    return sum(_numel(s) for f in files for s in _safetensors_shapes(f).values())
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
