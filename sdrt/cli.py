@@ -115,6 +115,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
         models=tuple(args.model), backends=tuple(args.backends.split(",")), sizes=args.sizes, batches=args.batches,
         steps=args.steps, sampler=args.sampler, guidance=args.guidance, precision=args.precision, warmup=args.warmup,
         repeats=args.repeats, work_dir=Path(args.work_dir), probes=not args.no_probes, quality=args.quality,
+        one_at_a_time=args.one_at_a_time,
     )
     report, images = run_bench(opts, log=lambda msg: print(msg, flush=True))
     path = write_report(report, images, Path(args.out))
@@ -296,6 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--no-probes", action="store_true", help="skip time to first image and peak memory (fresh processes)")
+    p.add_argument("--one-at-a-time", action="store_true",
+                   help="load and run one backend after the other instead of all together, interleaved: for models "
+                        "two backends cannot hold at once (sdxl-arch in 24 GB)")
     p.add_argument("--quality", action="store_true",
                    help="add adherence and fp16-vs-fp32 image similarity on the trained shapes model")
     p.add_argument("--work-dir", default="build/bench", help="where exports made for the benchmark go")

@@ -56,6 +56,7 @@ class BenchOptions:
     quality: bool = False  # adherence and fp16-vs-fp32 similarity on the trained `shapes` model
     peak_sizes: tuple[int, ...] = (1024, 2048, 4096)  # square GEMMs tried for the machine's peak
     size_ranges: dict = field(default_factory=dict)  # model -> (min, max) export range, when not the default
+    one_at_a_time: bool = False  # load and run one backend after the other (not interleaved), for the biggest models
 
     def check(self) -> None:
         unknown = [b for b in self.backends if b != REFERENCE and b.partition(":")[0] not in KNOWN_BACKENDS + ("auto",)]
@@ -128,12 +129,15 @@ def _parity_class(backend: str, graph_precision: str) -> str:
     return "int8" if "int8" in options else "bf16" if "bf16" in options else graph_precision
 
 
-def bench_config(runners: dict, folder: Path, manifest, height: int, width: int, batch: int, opts: BenchOptions,
-                 peak: dict[str, float], log: Callable) -> tuple[dict, dict[str, Output]]:
+def _request(manifest, height: int, width: int, batch: int, opts: BenchOptions) -> Request:
     f = manifest.vae_scale_factor
     latents = make_generator(opts.seed, "torch").randn((batch, manifest.latent_channels, height // f, width // f))
-    request = Request(opts.prompt, opts.negative_prompt, height, width, batch, opts.steps, opts.guidance, opts.sampler,
-                      opts.seed, latents)
+    return Request(opts.prompt, opts.negative_prompt, height, width, batch, opts.steps, opts.guidance, opts.sampler,
+                   opts.seed, latents)
+
+
+def _measure(runners: dict, request: Request, opts: BenchOptions, log: Callable) -> tuple[dict, dict[str, Output]]:
+    """Timing stats and the last output of each runner on ``request``, the runners interleaved."""
     outputs: dict[str, Output] = {}
 
     def run_of(name):
@@ -143,24 +147,28 @@ def bench_config(runners: dict, folder: Path, manifest, height: int, width: int,
             return out.timings
         return run
 
+    log(f"  {request.height}x{request.width} batch {request.batch}: {opts.warmup} warm-up + {opts.repeats} "
+        f"{'interleaved ' if len(runners) > 1 else ''}runs of {', '.join(runners)}")
+    return interleaved({name: run_of(name) for name in runners}, opts.warmup, opts.repeats), outputs
+
+
+def bench_config(folder: Path, manifest, request: Request, stats: dict, outputs: dict[str, Output],
+                 devices: dict[str, str], opts: BenchOptions, peak: dict[str, float]) -> dict:
+    """One config's row per backend: timings, throughput, FLOP rate, and parity against the reference."""
     cfg = 2 if opts.guidance > 1 else 1
     # the U-Net's input shapes of one step: a static profile's min runs without guidance, its max with it
-    shapes = component_shapes(manifest, UNET.name, static_profile(height, width, batch))
+    shapes = component_shapes(manifest, UNET.name, static_profile(request.height, request.width, request.batch))
     flops = count_flops(folder / manifest.components[UNET.name].file,
                         {name: shape[2 if cfg == 2 else 0] for name, shape in shapes.items()})
-    log(f"  {height}x{width} batch {batch}: {opts.warmup} warm-up + {opts.repeats} interleaved runs of "
-        f"{', '.join(runners)}")
-    stats = interleaved({name: run_of(name) for name in runners}, opts.warmup, opts.repeats)
-
-    result = {"height": height, "width": width, "batch": batch, "unet_batch": cfg * batch,
+    result = {"height": request.height, "width": request.width, "batch": request.batch, "unet_batch": cfg * request.batch,
               "flops_per_unet_step": asdict(flops) | {"total": flops.total}, "backends": {}}
     ref = stats.get(REFERENCE)
     for name, s in stats.items():
         step = s["unet_step"].median
         entry = {
-            "device": runners[name].device,
+            "device": devices[name],
             "timings": {k: v.to_json() for k, v in s.items()},
-            "images_per_second": batch / s["total"].median,
+            "images_per_second": request.batch / s["total"].median,
             "unet_gflops_per_second": flops.total / step / 1e9,
             # against the peak of the precision the backend computes in (bf16 where asked; fp16 graphs on the CPU
             # compute through fp32 kernels or casts, so fp32)
@@ -174,7 +182,44 @@ def bench_config(runners: dict, folder: Path, manifest, height: int, width: int,
             if name != REFERENCE:
                 entry["parity"] = _parity(outputs[name], outputs[REFERENCE], _parity_class(name, manifest.precision))
         result["backends"][name] = entry
-    return result, outputs
+    return result
+
+
+def _runner(name: str, folder: Path, manifest):
+    if name == REFERENCE:
+        from ..export.sources import load_model
+
+        return TorchRunner(load_model(manifest.source["model"]).pipe)
+    return SdrtRunner(folder, name)
+
+
+def bench_model(folder: Path, manifest, opts: BenchOptions, peak: dict[str, float], log: Callable
+                ) -> tuple[list[dict], dict]:
+    """Every config of one model: its rows, and the images of each config's last run by backend. Backends are
+    loaded together and run interleaved, or with ``opts.one_at_a_time`` loaded and run one after the other (for
+    models two backends cannot hold at once)."""
+    requests = [_request(manifest, size, size, batch, opts) for size in opts.sizes for batch in opts.batches]
+    stats: list[dict] = [{} for _ in requests]
+    outputs: list[dict] = [{} for _ in requests]
+    devices: dict[str, str] = {}
+    for group in ([[b] for b in opts.backends] if opts.one_at_a_time else [list(opts.backends)]):
+        runners = {}
+        try:
+            for name in group:
+                runners[name] = _runner(name, folder, manifest)
+                devices[name] = runners[name].device
+            for i, request in enumerate(requests):
+                s, out = _measure(runners, request, opts, log)
+                stats[i].update(s)
+                outputs[i].update(out)
+        finally:
+            for r in runners.values():
+                r.close()
+            runners.clear()
+            gc.collect()  # the torch runner's timing wrappers make reference cycles; free its GBs now
+    configs = [bench_config(folder, manifest, r, s, o, devices, opts, peak) for r, s, o in zip(requests, stats, outputs)]
+    images = {(r.height, r.batch): {name: out.images[0] for name, out in o.items()} for r, o in zip(requests, outputs)}
+    return configs, images
 
 
 def run_bench(opts: BenchOptions, log: Callable = print) -> tuple[dict, dict]:
@@ -190,26 +235,8 @@ def run_bench(opts: BenchOptions, log: Callable = print) -> tuple[dict, dict]:
         folder, export_info = prepare_export(model, opts, log)
         manifest = load_manifest(folder)
         log(f"{model}: {folder} ({manifest.family}, {manifest.precision})")
-        runners = {}
-        try:
-            for name in opts.backends:
-                if name == REFERENCE:
-                    from ..export.sources import load_model
-
-                    runners[name] = TorchRunner(load_model(manifest.source["model"]).pipe)
-                else:
-                    runners[name] = SdrtRunner(folder, name)
-            configs = []
-            for size in opts.sizes:
-                for batch in opts.batches:
-                    config, outputs = bench_config(runners, folder, manifest, size, size, batch, opts, peak, log)
-                    configs.append(config)
-                    images[(model, size, batch)] = {name: out.images[0] for name, out in outputs.items()}
-        finally:
-            for r in runners.values():
-                r.close()
-            runners.clear()
-            gc.collect()  # the torch runner's timing wrappers make reference cycles; free its GBs now
+        configs, model_images = bench_model(folder, manifest, opts, peak, log)
+        images.update({(model, size, batch): by_backend for (size, batch), by_backend in model_images.items()})
         if opts.probes:  # after the runners are gone, so the probes' memory adds to little
             log("  time to first image and peak memory, each backend in a fresh process")
             for config in configs:

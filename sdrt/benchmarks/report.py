@@ -37,7 +37,8 @@ def markdown(report: dict) -> str:
         "Versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()) + ".",
         "",
         f"Each figure is the median of {o['repeats']} runs (min–max in brackets) after {o['warmup']} warm-up run(s), "
-        f"backends interleaved; {o['steps']} steps of {o['sampler']}, guidance {o['guidance']}, prompt "
+        + ("backends loaded and run one after the other (a model two cannot hold at once); " if o.get("one_at_a_time")
+           else "backends interleaved; ") + f"{o['steps']} steps of {o['sampler']}, guidance {o['guidance']}, prompt "
         f"\"{o['prompt']}\". Speed-ups are against `{REFERENCE}` (diffusers, fp32, CPU) in the same run. "
         f"Machine GEMM peak, the best any installed library reaches over 1024–4096² matrices: fp32 "
         f"{p['peak_fp32'] / 1e9:,.0f} GFLOP/s ({p['peak_fp32_from']})"

@@ -116,7 +116,8 @@ def diffusers_scheduler(config, sampler: str):
 
 
 class TorchRunner:
-    """diffusers' StableDiffusionPipeline in fp32 on the CPU: the reference every figure is compared with."""
+    """diffusers' pipeline (StableDiffusionPipeline, StableDiffusionXLPipeline) in fp32 on the CPU: the reference
+    every figure is compared with."""
 
     name = "torch"
 
@@ -130,9 +131,12 @@ class TorchRunner:
         self.device = f"cpu ({torch.get_num_threads()} threads)"
         self._original_config = pipe.scheduler.config
         self.timer = StageTimer()
-        for stage, module, attr in ((TEXT_ENCODER.stage, pipe.text_encoder, "forward"), (UNET.stage, pipe.unet, "forward"),
-                                    (VAE_DECODER.stage, pipe.vae, "decode")):
-            setattr(module, attr, self.timer.wrap(getattr(module, attr), stage))
+        timed = ((TEXT_ENCODER.stage, getattr(pipe, "text_encoder", None), "forward"),
+                 (TEXT_ENCODER.stage, getattr(pipe, "text_encoder_2", None), "forward"),  # SDXL's second
+                 (UNET.stage, pipe.unet, "forward"), (VAE_DECODER.stage, pipe.vae, "decode"))
+        for stage, module, attr in timed:
+            if module is not None:
+                setattr(module, attr, self.timer.wrap(getattr(module, attr), stage))
 
     def __call__(self, r: Request) -> Output:
         import torch
