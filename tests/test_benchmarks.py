@@ -113,3 +113,13 @@ def test_bench_cli_refuses_unknown_backend(tmp_path):
     run = subprocess.run([sys.executable, "-m", "sdrt.cli", "bench", "--backends", "torch,fastest", "--out",
                           str(tmp_path)], capture_output=True, text=True)
     assert run.returncode == 2 and "unknown backend(s) fastest" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_bench_one_backend_at_a_time_keeps_parity(export_dir, tmp_path):
+    # for models two backends cannot hold at once: each loaded, run and closed before the next
+    opts = BenchOptions(models=(str(export_dir("tiny-sdxl")),), sizes=(64,), steps=2, warmup=0, repeats=1,
+                        peak_sizes=(256,), probes=False, one_at_a_time=True, work_dir=tmp_path / "work")
+    report, images = run_bench(opts, log=lambda msg: None)
+    ort = report["models"][0]["configs"][0]["backends"]["onnxruntime"]
+    assert ort["parity"]["passed"] and ort["parity"]["psnr_db"] > 40 and report["options"]["one_at_a_time"]
+    assert "one after the other" in write_report(report, images, tmp_path / "report").read_text()
