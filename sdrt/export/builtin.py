@@ -107,8 +107,8 @@ def build_random_pipeline(arch: str, seed: int = DEFAULT_SEED, dtype=None):
                 parts[name] = cls(transformers.CLIPTextConfig(**fields)).eval()
             else:
                 parts[name] = getattr(diffusers, index[name][1]).from_config(config).eval()
-            if dtype is not None:
-                parts[name].to(dtype)
+            if dtype is not None:  # torch's own .to: diffusers' warns about modules to keep in fp32 (SD has none)
+                torch.nn.Module.to(parts[name], dtype)
     scheduler_config = _json(root / "scheduler" / "scheduler_config.json")
     parts["scheduler"] = getattr(diffusers, scheduler_config["_class_name"]).from_config(scheduler_config)
     return getattr(diffusers, index["_class_name"])(**parts, **pipeline_kwargs(root, index))

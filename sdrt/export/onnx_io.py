@@ -8,6 +8,7 @@ memory and little more (SDXL's U-Net: see the README).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import warnings
 from pathlib import Path
@@ -120,12 +121,12 @@ def write(model: onnx.ModelProto, source_dir: Path, stored: dict[str, int], fold
     file, the data file and the sha256 of both."""
     file = f"{name}.onnx"
     data = f"{name}.onnx.data" if sum(map(_size, model.graph.initializer)) > EXTERNAL_DATA_THRESHOLD else None
-    with open(folder / data, "wb") if data else _NoFile() as sink:
+    with open(folder / data, "wb") if data else contextlib.nullcontext() as sink:
         for tensor in model.graph.initializer:
             values = _weight(tensor, source_dir, stored.get(tensor.name, tensor.data_type))
             if data and values.nbytes >= _INLINE_BYTES:
                 offset = sink.tell()
-                sink.write(np.ascontiguousarray(values).tobytes())
+                sink.write(np.ascontiguousarray(values).data)
                 tensor.CopyFrom(_external(tensor, data, offset, values.nbytes))
             else:
                 tensor.CopyFrom(onnx.numpy_helper.from_array(values, tensor.name))
@@ -147,10 +148,3 @@ def _external(tensor: onnx.TensorProto, location: str, offset: int, length: int)
         record.external_data.add(key=key, value=value)
     return record
 
-
-class _NoFile:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
