@@ -76,10 +76,10 @@ def builtin_hash(name: str) -> str:
 
 
 def load_weights(pipe, folder: Path) -> None:
-    """Load ``<network>.safetensors`` (fp16 on disk) into the pipeline's fp32 networks, strictly."""
+    """Load ``<network>.safetensors`` (fp16 on disk) into the pipeline's networks (in their own dtype), strictly."""
     from safetensors.torch import load_file
 
-    for name in ("unet", "vae", "text_encoder"):  # load_state_dict copies into the networks' own dtype
+    for name in ("unet", "vae", "text_encoder"):
         getattr(pipe, name).load_state_dict(load_file(str(folder / f"{name}.safetensors")), strict=True)
 
 
