@@ -53,7 +53,7 @@ def _load_diffusers_folder(folder: Path, allow_pickle: bool, dtype):
             use_safetensors=None if allow_pickle else True,
             safety_checker=None,
             requires_safety_checker=False,
-            torch_dtype=dtype,
+            dtype=dtype,
         )
     except Exception as e:  # diffusers raises OSError, ValueError, EnvironmentError, ...
         raise ModelSourceError(f"could not load the diffusers folder {folder}: {e}") from e
