@@ -89,7 +89,6 @@ def build_random_pipeline(arch: str, seed: int = DEFAULT_SEED, dtype=None):
     before the next is made: SDXL's U-Net alone is 10 GB in fp32."""
     import diffusers
     import torch
-    import transformers
 
     root = ARCH_DIR / arch
     index = _json(root / "model_index.json")
@@ -97,21 +96,31 @@ def build_random_pipeline(arch: str, seed: int = DEFAULT_SEED, dtype=None):
     # fork_rng keeps the caller's global torch RNG untouched.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
-            if index.get(name, [None])[0] is None:  # not in this pipeline (a refiner has no first text encoder)
-                continue
-            config = _json(root / name / "config.json")
-            if name.startswith("text_encoder"):  # CLIPTextModel, or CLIPTextModelWithProjection (pooled output)
-                cls = getattr(transformers, config["architectures"][0])
-                fields = {k: v for k, v in config.items() if k not in ("architectures", "model_type")}
-                parts[name] = cls(transformers.CLIPTextConfig(**fields)).eval()
-            else:
-                parts[name] = getattr(diffusers, index[name][1]).from_config(config).eval()
+        for name in networks_in(index):
+            parts[name] = make_network(root, index, name).eval()
             if dtype is not None:  # torch's own .to: diffusers' warns about modules to keep in fp32 (SD has none)
                 torch.nn.Module.to(parts[name], dtype)
     scheduler_config = _json(root / "scheduler" / "scheduler_config.json")
     parts["scheduler"] = getattr(diffusers, scheduler_config["_class_name"]).from_config(scheduler_config)
     return getattr(diffusers, index["_class_name"])(**parts, **pipeline_kwargs(root, index))
+
+
+def networks_in(index: dict) -> list[str]:
+    """The networks a pipeline's ``model_index.json`` has (a refiner has no first text encoder)."""
+    return [name for name in NETWORKS if index.get(name, [None])[0] is not None]
+
+
+def make_network(root: Path, index: dict, name: str):
+    """The network ``name`` of the arch folder ``root`` made from its config, with freshly initialised weights
+    (on the meta device under ``torch.device("meta")``)."""
+    import diffusers
+    import transformers
+
+    config = _json(root / name / "config.json")
+    if name.startswith("text_encoder"):  # CLIPTextModel, or CLIPTextModelWithProjection (pooled output)
+        fields = {k: v for k, v in config.items() if k not in ("architectures", "model_type")}
+        return getattr(transformers, config["architectures"][0])(transformers.CLIPTextConfig(**fields))
+    return getattr(diffusers, index[name][1]).from_config(config)
 
 
 def pipeline_kwargs(root: Path, index: dict) -> dict:

@@ -12,10 +12,12 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import json
+import math
 from pathlib import Path
 
-from ..errors import ExportError
-from .builtin import ARCH_DIR, BUILTIN_MODELS, NETWORKS
+from ..errors import ExportError, ModelSourceError
+from .builtin import ARCH_DIR, BUILTIN_MODELS, NETWORKS, make_network, networks_in
+from .single_file import read_shapes
 
 BASE_BYTES = 1.0e9  # Python with torch, diffusers, transformers, onnx and ONNX Runtime loaded
 TRACE_FACTOR = 1.25  # tracing a network to ONNX peaks at this many times its fp32 weights
@@ -35,8 +37,8 @@ def parameter_counts(model: str) -> dict[str, int] | None:
         return {n: c for n, c in counts.items() if c} or None
     if path.is_file() and path.suffix == ".safetensors":
         shapes = _safetensors_shapes(path)
-        unet = sum(_numel(s) for k, s in shapes.items() if k.startswith(_UNET_PREFIXES))
-        return {"unet": unet, "others": sum(map(_numel, shapes.values())) - unet}
+        unet = sum(math.prod(s) for k, s in shapes.items() if k.startswith(_UNET_PREFIXES))
+        return {"unet": unet, "others": sum(map(math.prod, shapes.values())) - unet}
     return None
 
 
@@ -65,7 +67,7 @@ def check_fits(model: str, fp16: bool) -> float | None:
     raise ExportError(
         f"exporting {model} in {'fp16' if fp16 else 'fp32'} needs about {need / 1e9:.1f} GB of memory "
         f"({sum(counts.values()) / 1e9:.2f} B parameters, the largest network {max(counts.values()) / 1e9:.2f} B), "
-        f"and {available / 1e9:.1f} GB is available.{hint or ''} Close other programs or use a machine with more "
+        f"and {available / 1e9:.1f} GB is available.{hint} Close other programs or use a machine with more "
         "memory."
     )
 
@@ -123,42 +125,20 @@ def available_bytes() -> int | None:
 
 def _counts_from_configs(root: Path) -> dict[str, int]:
     """Parameters of each network an arch folder describes, counted on networks made on the meta device."""
-    import diffusers
     import torch
-    import transformers
 
     index = json.loads((root / "model_index.json").read_text(encoding="utf-8"))
-    counts = {}
-    for name in NETWORKS:
-        if index.get(name, [None])[0] is None:
-            continue
-        config = json.loads((root / name / "config.json").read_text(encoding="utf-8"))
-        with torch.device("meta"):
-            if name.startswith("text_encoder"):
-                fields = {k: v for k, v in config.items() if k not in ("architectures", "model_type")}
-                module = getattr(transformers, config["architectures"][0])(transformers.CLIPTextConfig(**fields))
-            else:
-                module = getattr(diffusers, index[name][1]).from_config(config)
-        counts[name] = sum(p.numel() for p in module.parameters())
-    return counts
+    with torch.device("meta"):
+        return {name: sum(p.numel() for p in make_network(root, index, name).parameters())
+                for name in networks_in(index)}
 
 
 def _safetensors_shapes(path: Path) -> dict[str, tuple[int, ...]]:
-    from safetensors import safe_open
-
-    try:  # the header only
-        with safe_open(str(path), framework="pt") as f:
-            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
-    except Exception:  # unreadable: loading reports it
+    try:
+        return read_shapes(path, allow_pickle=False)
+    except ModelSourceError:  # unreadable: loading reports it
         return {}
 
 
 def _safetensors_count(files: list[Path]) -> int:
-    return sum(_numel(s) for f in files for s in _safetensors_shapes(f).values())
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
+    return sum(math.prod(s) for f in files for s in _safetensors_shapes(f).values())

@@ -37,7 +37,7 @@ def load_single_file(path: Path, arch: str | None = None, *, allow_pickle: bool 
     if arch is None:
         arch = detect_arch(path, allow_pickle=allow_pickle)
     elif not is_pickle:
-        _read_shapes(path, allow_pickle)  # a corrupt file gets a clear message, not a diffusers traceback
+        read_shapes(path, allow_pickle)  # a corrupt file gets a clear message, not a diffusers traceback
     config_dir = _arch_dir(arch)
     index = json.loads((config_dir / "model_index.json").read_text(encoding="utf-8"))
     pipeline_class = getattr(diffusers, index["_class_name"])
@@ -77,7 +77,7 @@ def detect_arch(path: Path, *, allow_pickle: bool = False) -> str:
     from diffusers.loaders.single_file_utils import CHECKPOINT_KEY_NAMES, infer_diffusers_model_type
 
     path = Path(path)
-    shapes = _read_shapes(path, allow_pickle)
+    shapes = read_shapes(path, allow_pickle)
     checkpoint = _ShapeOnly(shapes)
     try:
         model_type = infer_diffusers_model_type(checkpoint)
@@ -133,7 +133,7 @@ def _check_file(path: Path, allow_pickle: bool) -> bool:
     raise ModelSourceError(f"{path} is not a .safetensors checkpoint; give a .safetensors file or a diffusers folder.")
 
 
-def _read_shapes(path: Path, allow_pickle: bool) -> dict[str, tuple[int, ...]]:
+def read_shapes(path: Path, allow_pickle: bool) -> dict[str, tuple[int, ...]]:
     if _check_file(path, allow_pickle):
         from diffusers.loaders.single_file_utils import load_single_file_checkpoint
 
