@@ -15,11 +15,12 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["sdrt", "sdrt.*"]),
     package_data={"sdrt": ["data/clip/*", "data/arch/*/*.json", "data/arch/*/*/*.json", "data/weights/*/*"]},
-    # The runtime: numpy + ONNX Runtime + tokenizers + Pillow. Never torch.
+    # The runtime: numpy + ONNX Runtime + tokenizers + Pillow (+ safetensors for LoRA files). Never torch.
     install_requires=[
         "numpy>=1.24",
         "onnxruntime>=1.17",
         "pillow>=10",
+        "safetensors>=0.4",
         "tokenizers>=0.15",
         "tqdm>=4.60",
     ],
@@ -45,7 +46,9 @@ setup(
         # sdrt serve: AUTOMATIC1111's HTTP API; ray: the same app as Ray Serve replicas
         "serve": ["fastapi>=0.110", "uvicorn>=0.27", "prometheus-client>=0.19"],
         "ray": ["ray[serve]>=2.9", "fastapi>=0.110", "uvicorn>=0.27", "prometheus-client>=0.19"],
-        "test": ["pytest>=7", "scipy>=1.10", "httpx>=0.25", "webuiapi>=0.9.17"],  # scipy: diffusers' LMS reference in the parity tests; webuiapi: the A1111 client the serve tests drive
+        # scipy: diffusers' LMS reference in the parity tests; webuiapi: the A1111 client the serve tests drive;
+        # peft: diffusers' own LoRA loading, the reference for sdrt's
+        "test": ["pytest>=7", "scipy>=1.10", "httpx>=0.25", "webuiapi>=0.9.17", "peft>=0.17"],
     },
     entry_points={"console_scripts": ["sdrt=sdrt.cli:main"]},
 )

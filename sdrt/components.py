@@ -18,6 +18,8 @@ CHUNK_TOKENS = 75  # AUTOMATIC1111's prompt chunk: CLIP's window less BOS and EO
 WINDOW = CHUNK_TOKENS + 2  # CLIP's 77 tokens
 
 Range = tuple[int, int, int]  # min, opt, max
+# The rank axis of the LoRA factors (export/lora_sites.py): 1 is no LoRA; a site's LoRAs' ranks add up.
+LORA_RANKS: Range = (1, 1, 256)
 
 
 @dataclass(frozen=True)
@@ -78,7 +80,7 @@ class TextEncoder(Component):
 
     def axes(self, bounds: Bounds, vae_factor: int) -> dict[str, Range]:
         b, c = bounds.batch, bounds.chunks  # prompts <= images: one prompt alone at least, all of them at most
-        return {"B": (1, 2 * c[1], 2 * b[2] * c[2]), "T": (WINDOW,) * 3}
+        return {"B": (1, 2 * c[1], 2 * b[2] * c[2]), "T": (WINDOW,) * 3, "rank": LORA_RANKS}
 
     @staticmethod
     def io(hidden: int, pooled: int | None = None) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
@@ -101,7 +103,7 @@ class Denoiser(Component):
     def axes(self, bounds: Bounds, vae_factor: int) -> dict[str, Range]:
         b = bounds.batch
         return {"2B": (b[0], 2 * b[1], 2 * b[2]), "T": tuple(WINDOW * n for n in bounds.chunks),
-                **_latent(bounds, vae_factor)}
+                "rank": LORA_RANKS, **_latent(bounds, vae_factor)}
 
     @staticmethod
     def io(channels: int, out_channels: int, text_dim: int,

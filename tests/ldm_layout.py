@@ -10,70 +10,18 @@ import re
 
 import torch
 
+from sdrt.lora import ldm_names
+
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
 CLIP_PREFIX = "cond_stage_model.transformer.text_model."  # SD 1.x: HF CLIP weights, wrapped
 OPEN_CLIP_PREFIX = "cond_stage_model.model."  # SD 2.x: OpenCLIP weights
 
-_UNET_FIXED = {
-    "time_embedding.linear_1.": "time_embed.0.",
-    "time_embedding.linear_2.": "time_embed.2.",
-    "conv_in.": "input_blocks.0.0.",
-    "conv_norm_out.": "out.0.",
-    "conv_out.": "out.2.",
-    "add_embedding.linear_1.": "label_emb.0.0.",  # SDXL's pooled-text and time-id embedding
-    "add_embedding.linear_2.": "label_emb.0.2.",
-}
-_UNET_RESNET = {
-    "norm1": "in_layers.0",
-    "conv1": "in_layers.2",
-    "time_emb_proj": "emb_layers.1",
-    "norm2": "out_layers.0",
-    "conv2": "out_layers.3",
-    "conv_shortcut": "skip_connection",
-}
-
-
-def _resnet(rest: str, table: dict[str, str]) -> str:
-    head, _, tail = rest.partition(".")
-    return f"{table.get(head, head)}.{tail}"
-
 
 def unet_to_ldm(state: dict[str, torch.Tensor], config) -> dict[str, torch.Tensor]:
-    per = config["layers_per_block"] + 1  # LDM numbers resnets and resamplers in one flat list
     # Up blocks with attention put their upsampler at index 2, after the attention at index 1.
     up_has_attn = {int(k.split(".")[1]) for k in state if re.match(r"up_blocks\.\d+\.attentions\.", k)}
-    out = {}
-    for key, value in state.items():
-        for old, new in _UNET_FIXED.items():
-            if key.startswith(old):
-                new_key = new + key[len(old):]
-                break
-        else:
-            new_key = _unet_block_key(key, per, up_has_attn)
-        out[UNET_PREFIX + new_key] = value
-    return out
-
-
-def _unet_block_key(key: str, per: int, up_has_attn: set[int]) -> str:
-    if m := re.fullmatch(r"down_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.+)", key):
-        b, kind, i, rest = int(m[1]), m[2], int(m[3]), m[4]
-        idx = 1 + b * per + i
-        return f"input_blocks.{idx}.0.{_resnet(rest, _UNET_RESNET)}" if kind == "resnets" else f"input_blocks.{idx}.1.{rest}"
-    if m := re.fullmatch(r"down_blocks\.(\d+)\.downsamplers\.0\.conv\.(.+)", key):
-        return f"input_blocks.{1 + int(m[1]) * per + per - 1}.0.op.{m[2]}"
-    if m := re.fullmatch(r"mid_block\.resnets\.(\d+)\.(.+)", key):
-        return f"middle_block.{2 * int(m[1])}.{_resnet(m[2], _UNET_RESNET)}"
-    if m := re.fullmatch(r"mid_block\.attentions\.0\.(.+)", key):
-        return f"middle_block.1.{m[1]}"
-    if m := re.fullmatch(r"up_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.+)", key):
-        b, kind, i, rest = int(m[1]), m[2], int(m[3]), m[4]
-        idx = b * per + i
-        return f"output_blocks.{idx}.0.{_resnet(rest, _UNET_RESNET)}" if kind == "resnets" else f"output_blocks.{idx}.1.{rest}"
-    if m := re.fullmatch(r"up_blocks\.(\d+)\.upsamplers\.0\.conv\.(.+)", key):
-        b = int(m[1])
-        return f"output_blocks.{b * per + per - 1}.{2 if b in up_has_attn else 1}.conv.{m[2]}"
-    raise KeyError(f"no LDM name for UNet key {key!r}")
+    return {UNET_PREFIX + ldm_names.unet_key(k, config["layers_per_block"], up_has_attn): v for k, v in state.items()}
 
 
 _VAE_ATTN = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}

@@ -32,7 +32,12 @@ def test_manifest_describes_the_export(export_dir):
     assert m.family == "sd2" and m.prediction_type == "v_prediction" and m.precision == "fp32"
     assert set(m.components) == COMPONENTS
     unet = m.components["unet"]
-    assert [t.name for t in unet.inputs] == ["sample", "timestep", "encoder_hidden_states"]
+    own = [t.name for t in unet.inputs if not t.name.endswith((".lora_down", ".lora_up"))]
+    assert own == ["sample", "timestep", "encoder_hidden_states"]
+    # every Linear and Conv2d has a LoRA site: factors [in, rank] / [rank, out], or tap by tap for a convolution
+    q = unet.input("down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora_down")
+    assert q.shape[1] == "rank" and unet.input("conv_in.lora_down").shape == (3, 3, "rank", 4)
+    assert len(unet.inputs) - len(own) == 2 * len({t.name.rsplit(".", 1)[0] for t in unet.inputs} - set(own))
     assert unet.input("sample").shape == ("2B", 4, "h", "w")
     assert m.components["text_encoder"].input("input_ids").dtype == "int32"
     assert m.tokenizers["tokenizer"].pad_token_id == 0  # SD 2.x pads with "!"

@@ -3,7 +3,7 @@ its symbolic shapes, and how to make inputs of a given shape for tracing and val
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import torch
@@ -11,6 +11,7 @@ import torch
 from ..components import UNET, VAE_DECODER, VAE_ENCODER, WINDOW, Denoiser, TextEncoder, VaeDecoder, VaeEncoder
 from ..families import Family, TextEncoderSpec
 from ..manifest import TensorSpec
+from . import lora_sites
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,7 @@ class Shape:
     latent_h: int
     latent_w: int
     tokens: int = WINDOW
+    lora_rank: int = lora_sites.TRACE_RANK  # the rank of the LoRA factors fed to the sites
 
 
 @dataclass(frozen=True)
@@ -124,18 +126,36 @@ def component_graphs(pipe, family: Family) -> list[ComponentGraph]:
     def image(s: Shape, g):
         return {"image": torch.rand(s.batch, 3, s.latent_h * scale, s.latent_w * scale, generator=g) * 2 - 1}
 
+    unet_graph = ComponentGraph(
+        UNET.name, "unet", UNetGraph(unet, tuple(t.name for t in extras)),
+        *Denoiser.io(channels, unet.config.out_channels, text_dim, extras), unet_inputs,
+        # The sinusoidal timestep embedding of t up to 999 loses whole radians in fp16;
+        # diffusers computes it in fp32 for fp16 models too.
+        fp32_scopes=("/unet/time_proj/",),
+    )
     return [
         *(text_encoder_graph(pipe, spec) for spec in family.text_encoders),
         ComponentGraph(VAE_DECODER.name, "vae", VaeDecoderGraph(vae), *VaeDecoder.io(latent_channels), latent),
         ComponentGraph(VAE_ENCODER.name, "vae", VaeEncoderGraph(vae), *VaeEncoder.io(latent_channels), image),
-        ComponentGraph(
-            UNET.name, "unet", UNetGraph(unet, tuple(t.name for t in extras)),
-            *Denoiser.io(channels, unet.config.out_channels, text_dim, extras), unet_inputs,
-            # The sinusoidal timestep embedding of t up to 999 loses whole radians in fp16;
-            # diffusers computes it in fp32 for fp16 models too.
-            fp32_scopes=("/unet/time_proj/",),
-        ),
+        with_lora_sites(unet_graph, unet),
     ]
+
+
+def with_lora_sites(graph: ComponentGraph, network: torch.nn.Module, under: str = "") -> ComponentGraph:
+    """``graph`` with a LoRA site on every targetable layer of ``network`` under ``under`` (see ``lora_sites``):
+    their factors follow the graph's own inputs."""
+    sites = lora_sites.add_sites(network, under)
+
+    def make_inputs(s: Shape, g):
+        inputs = graph.make_inputs(s, g)
+        for path, site in sites.items():
+            inputs[path + lora_sites.DOWN], inputs[path + lora_sites.UP] = site.sample_factors(s.lora_rank, g)
+        return inputs
+
+    # the wrapper puts the graph's own nodes under /graph
+    return replace(graph, module=lora_sites.WithLoraInputs(graph.module, sites, len(graph.inputs)),
+                   inputs=graph.inputs + lora_sites.factor_inputs(sites), make_inputs=make_inputs,
+                   fp32_scopes=tuple("/graph" + scope for scope in graph.fp32_scopes))
 
 
 def _time_ids(s: Shape, scale: int, count: int) -> torch.Tensor:
@@ -155,8 +175,10 @@ def text_encoder_graph(pipe, spec: TextEncoderSpec) -> ComponentGraph:
         return {"input_ids": torch.randint(0, config.vocab_size, (s.batch, s.tokens), generator=g, dtype=torch.int32),
                 "clip_skip": skip}
 
-    return ComponentGraph(spec.component, spec.component, TextEncoderGraph(encoder, spec), *TextEncoder.io(config.hidden_size, pooled),
-                          ids)
+    graph = ComponentGraph(spec.component, spec.component, TextEncoderGraph(encoder, spec),
+                           *TextEncoder.io(config.hidden_size, pooled), ids)
+    # transformers 5 flattened CLIPTextModel (no .text_model); 4.x nests it
+    return with_lora_sites(graph, encoder, "text_model.encoder.layers." if hasattr(encoder, "text_model") else "encoder.layers.")
 
 
 def unet_extras(pipe, family: Family) -> tuple[TensorSpec, ...]:

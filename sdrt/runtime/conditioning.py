@@ -11,6 +11,7 @@ import numpy as np
 
 from ..components import TEXT_ENCODER, TEXT_ENCODER_2, UNET
 from ..errors import ManifestError
+from ..lora.tags import remove_tags
 from ..manifest import Manifest
 from .backends import Backend
 from .prompts import PromptChunks, apply_weights, tokenize_prompt
@@ -94,8 +95,8 @@ class SdxlConditioner:
 
 
 def _texts(negatives: list[str], prompts: list[str], job: Job) -> list[str]:
-    """What one text encoder sees of a call: negatives first when guidance runs."""
-    return negatives + prompts if job.do_cfg else prompts
+    """What one text encoder sees of a call: negatives first when guidance runs, LoRA tags taken out."""
+    return [remove_tags(text) for text in (negatives + prompts if job.do_cfg else prompts)]
 
 
 def _tokenize(encoders: list[tuple[ClipTokenizer, list[str]]], weighting: bool) -> Tokens:

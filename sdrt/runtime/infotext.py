@@ -93,3 +93,10 @@ def _version() -> str:
     from .. import __version__
 
     return __version__
+
+
+def lora_parameters(chosen) -> dict[str, object]:
+    """AUTOMATIC1111's ``Lora hashes: "name: hash, …"`` of a call's LoRAs (``lora.factors.LoraChoice``)."""
+    if not chosen:
+        return {}
+    return {"Lora hashes": '"' + ", ".join(f"{c.lora.name}: {c.lora.short_hash}" for c in chosen) + '"'}

@@ -25,7 +25,9 @@ from ..manifest import Manifest, load_manifest
 from . import images as imageio
 from .backends import Backend, create_backend
 from .conditioning import Conditioning, conditioner_for
-from .infotext import image_parameters
+from ..lora.factors import FactorMaker, LoraChoice
+from ..lora.library import LoraLibrary
+from .infotext import image_parameters, lora_parameters
 from .noise import GeneratorKind
 from .request import Job, StepCallback, make_job
 from .schedulers import Scheduler, default_sampler, make_scheduler
@@ -58,18 +60,28 @@ class GenerationResult:
 class Pipeline:
     """``Pipeline.load(folder, backend=...)`` then call it like a diffusers pipeline."""
 
-    def __init__(self, folder: Path, manifest: Manifest, backend: Backend, refiner: Pipeline | None = None):
+    def __init__(self, folder: Path, manifest: Manifest, backend: Backend, refiner: Pipeline | None = None,
+                 loras: LoraLibrary | None = None):
         self.folder, self.manifest, self.backend = folder, manifest, backend
+        self.loras = loras or LoraLibrary()
+        self._lora_factors = FactorMaker(manifest)
+        self._bind_loras(())
         self.conditioner = conditioner_for(folder, manifest, backend)
         self.refiner = refiner  # an SDXL refiner that can take over the end of the schedule
         # the scheduler the model ships with (its scheduler_config class) names the default sampler
         self.default_sampler = default_sampler(manifest.scheduler_config)
 
     @classmethod
-    def load(cls, folder: str | Path, backend: str | Backend = "onnxruntime", refiner: str | Path | None = None) -> Pipeline:
-        """``refiner``: the export of an SDXL refiner, run on the same kind of backend, for ``refiner_switch_at``."""
+    def load(cls, folder: str | Path, backend: str | Backend = "onnxruntime", refiner: str | Path | None = None,
+             lora_dir: str | Path | None = None, allow_pickle: bool = False) -> Pipeline:
+        """``refiner``: the export of an SDXL refiner, run on the same kind of backend, for ``refiner_switch_at``.
+        ``lora_dir``: where ``<lora:NAME:WEIGHT>`` tags and ``loras={NAME: WEIGHT}`` find LoRAs (default: the export's
+        ``loras`` folder, when it has one); ``allow_pickle`` lets pickle LoRA files (.pt) be read."""
         folder = Path(folder)
         manifest = load_manifest(folder)
+        if lora_dir is None and (folder / "loras").is_dir():
+            lora_dir = folder / "loras"
+        library = LoraLibrary(lora_dir, allow_pickle)
         engine = create_backend(backend, manifest) if isinstance(backend, str) else backend
         engine.load(folder, manifest)
         log.debug("backend: %s on %s", engine.name, engine.device)
@@ -79,7 +91,7 @@ class Pipeline:
             if second.manifest.latent_channels != manifest.latent_channels or second.refiner is not None:
                 second.close()
                 raise UserInputError(f"{refiner} cannot refine {folder}'s latents (an SDXL refiner refines an SDXL base)")
-        return cls(folder, manifest, engine, second)
+        return cls(folder, manifest, engine, second, library)
 
     def close(self) -> None:
         self.backend.close()
@@ -126,6 +138,7 @@ class Pipeline:
         refiner_switch_at: float | None = None,
         aesthetic_score: float = 6.0,
         negative_aesthetic_score: float = 2.5,
+        loras: dict[str, float] | None = None,
     ) -> GenerationResult:
         """Generate images: text to image; with ``image``, image to image (``strength`` 0..1 of the schedule is run,
         default 0.8); with ``image`` and ``mask_image`` (white = repaint), inpainting (default strength 1); with
@@ -147,12 +160,18 @@ class Pipeline:
         SDXL, 1 is its own penultimate layer. ``prompt_2`` and ``negative_prompt_2`` go to SDXL's second text
         encoder (default: the same prompts), as diffusers'. ``refiner_switch_at`` (0..1, with a refiner loaded) runs
         the base down to that fraction of the schedule and the refiner from there, as diffusers' ``denoising_end`` /
-        ``denoising_start`` hand-over; ``aesthetic_score`` / ``negative_aesthetic_score`` condition a refiner."""
+        ``denoising_start`` hand-over; ``aesthetic_score`` / ``negative_aesthetic_score`` condition a refiner.
+
+        ``loras`` ({name or file: weight}) and the prompts' ``<lora:NAME:WEIGHT>`` tags apply LoRAs to this call
+        alone (the base model's, not a refiner's), as AUTOMATIC1111 computes them."""
         job = make_job(self, prompt, negative_prompt, num_inference_steps, guidance_scale, height, width, seed,
                        scheduler, num_images, latents, callback, noise, image, mask_image, strength, outpaint,
                        inpaint_mode, weighting, eta, s_noise, clip_skip, prompt_2, negative_prompt_2, aesthetic_score,
                        negative_aesthetic_score)
         switch, extra = self._check_refiner(refiner_switch_at, job)
+        chosen = self.loras.choose(job.prompts, loras)
+        self._bind_loras(chosen)
+        extra |= lora_parameters(chosen)
         if switch is not None:  # the base down to the switch, the refiner from there, and its VAE
             final, timings = self._txt2img(job, end=switch)
             final, refined = self.refiner._refine(job, final, start=switch)
@@ -165,6 +184,13 @@ class Pipeline:
         images = decoder._decode(final, timings)
         return GenerationResult(images, final, job.seed, image_parameters(job, self.manifest, extra), timings,
                                 job.mode, job.seeds)
+
+    def _bind_loras(self, chosen: tuple[LoraChoice, ...]) -> None:
+        """Feed the factors of the LoRA set ``chosen`` (none: zero) to the graphs from now on."""
+        if chosen and not self._lora_factors.has_sites:
+            raise UserInputError(f"the export {self.folder} has no LoRA inputs (it was made before sdrt read LoRAs); "
+                                 "export the model again to use LoRAs")
+        self.backend.bound = self._lora_factors.feeds(chosen)
 
     def _check_refiner(self, switch, job: Job) -> tuple[float | None, dict]:
         """The switch point, and what the PNG parameters say of the refiner (as AUTOMATIC1111 writes it)."""

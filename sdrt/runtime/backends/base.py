@@ -28,6 +28,8 @@ class Backend(ABC):
         self.device = "unknown"  # what the backend really runs on, e.g. "CPUExecutionProvider"
         # called as observe(component, seconds) after every run: timing and counting (sdrt bench, sdrt serve)
         self.observers: list[Callable[[str, float], None]] = []
+        # inputs fed to every run of a component besides the caller's: the request's LoRA factors
+        self.bound: dict[str, dict[str, np.ndarray]] = {}
 
     def load(self, folder: Path, manifest: Manifest) -> Backend:
         self.folder, self.manifest = Path(folder), manifest
@@ -36,6 +38,7 @@ class Backend(ABC):
 
     def run(self, component: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         spec = self._spec(component)
+        feeds = {**self.bound.get(component, {}), **feeds}
         checked = {}
         for t in spec.inputs:
             if t.name not in feeds:

@@ -1,0 +1,118 @@
+"""The export's LoRA sites (the ``PATH.lora_down`` / ``PATH.lora_up`` inputs of its graphs, see
+``export/lora_sites.py``) and the names a LoRA file may give each: diffusers' module path, kohya's underscored form
+of it, and for the U-Net the original (LDM / SGM) name and its underscored form."""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+
+from ..errors import UserInputError
+from ..manifest import Manifest, TensorSpec
+from . import ldm_names
+from .files import LoraFile, LoraLayer
+
+log = logging.getLogger("sdrt")
+
+DOWN, UP = ".lora_down", ".lora_up"
+
+
+@dataclass(frozen=True)
+class Site:
+    component: str
+    path: str
+    down: TensorSpec  # Linear: [in, rank]; Conv2d: [kh, kw, rank, in]
+    up: TensorSpec  # Linear: [rank, out]; Conv2d: [out, rank]
+
+    @property
+    def is_conv(self) -> bool:
+        return len(self.down.shape) == 4
+
+    @property
+    def weight_shape(self) -> tuple[int, ...]:
+        """The layer's weight: [out, in] or [out, in, kh, kw]."""
+        if self.is_conv:
+            kh, kw, _, inner = self.down.shape
+            return (self.up.shape[0], inner, kh, kw)
+        return (self.up.shape[1], self.down.shape[0])
+
+
+def export_sites(manifest: Manifest) -> dict[str, dict[str, Site]]:
+    """component -> path -> site, for the graphs that have LoRA inputs."""
+    out: dict[str, dict[str, Site]] = {}
+    for component, spec in manifest.components.items():
+        ups = {t.name: t for t in spec.inputs if t.name.endswith(UP)}
+        for t in spec.inputs:
+            if t.name.endswith(DOWN):
+                path = t.name[: -len(DOWN)]
+                out.setdefault(component, {})[path] = Site(component, path, t, ups[path + UP])
+    return out
+
+
+class SiteIndex:
+    """Finds the site a LoRA file's layer names, in any of the namings it may use."""
+
+    def __init__(self, manifest: Manifest):
+        self.sites = export_sites(manifest)
+        self.family = manifest.family
+        self._names: dict[tuple[str, str], dict[str, str]] = {}  # (component, naming) -> name -> path
+        for component, sites in self.sites.items():
+            dotted = {}
+            for path in sites:
+                for name in _names(component, path, sites):
+                    dotted[name] = path
+            self._names[(component, "dotted")] = dotted
+            self._names[(component, "kohya")] = {name.replace(".", "_"): path for name, path in dotted.items()}
+
+    def match(self, lora: LoraFile) -> dict[tuple[str, str], LoraLayer]:
+        """(component, path) -> the layer of ``lora`` that changes it; a clear error where the file does not fit."""
+        if not self.sites:
+            raise UserInputError("this export has no LoRA inputs (it was exported before sdrt read LoRAs); "
+                                 "export the model again to use LoRAs")
+        matched, missed = {}, []
+        for (component, naming, name), layer in lora.layers.items():
+            path = self._names.get((component, naming), {}).get(name)
+            if path is None:
+                missed.append(f"{component}: {name}")
+                continue
+            _check_fit(lora, self.sites[component][path], layer)
+            matched[(component, path)] = layer
+        if not matched:
+            raise UserInputError(
+                f"LoRA {lora.path.name} fits none of this model's layers (e.g. {missed[0]}); it is for another model "
+                f"family or architecture than this export ({self.family})")
+        if missed:
+            log.warning("LoRA %s: %d of its %d layers matched this model (not matched, e.g. %s)", lora.name,
+                        len(matched), len(lora.layers), ", ".join(missed[:3]))
+        return matched
+
+
+def _names(component: str, path: str, sites: dict[str, Site]) -> list[str]:
+    if component != "unet":
+        return [path, "text_model." + path]
+    per, with_attention = _unet_layout(sites)
+    try:
+        return [path, ldm_names.unet_module(path, per, with_attention)]
+    except KeyError:  # a layer the original naming does not have
+        return [path]
+
+
+def _unet_layout(sites: dict[str, Site]) -> tuple[int, set[int]]:
+    """The U-Net's layers per block and its up blocks with attention, read from the site paths."""
+    resnets = {int(m[1]) for p in sites if (m := re.match(r"down_blocks\.0\.resnets\.(\d+)\.", p))}
+    attention = {int(m[1]) for p in sites if (m := re.match(r"up_blocks\.(\d+)\.attentions\.", p))}
+    return max(resnets, default=0) + 1, attention
+
+
+def _check_fit(lora: LoraFile, site: Site, layer: LoraLayer) -> None:
+    out, inner = layer.up.shape[0], layer.down.shape[1]
+    kernel = tuple(layer.down.shape[2:]) or (1, 1)
+    want = site.weight_shape
+    want_kernel = tuple(want[2:]) or (1, 1)
+    if (out, inner) != want[:2] or kernel != want_kernel or layer.up.shape[1] != layer.rank:
+        raise UserInputError(
+            f"LoRA {lora.path.name} does not fit this model: its layer for {site.component} {site.path} changes a "
+            f"{out}x{inner} weight (kernel {kernel}), the model's is {want[0]}x{want[1]} (kernel {want_kernel}); "
+            "is it for another model family (SD 1.x, 2.x, SDXL)?")
+
