@@ -146,3 +146,29 @@ def test_prompt_tags_as_automatic1111_reads_them():
     assert remove_tags(text) == "a cat ,   "
     with pytest.raises(UserInputError, match="weights"):
         read_tags("<lora:x:strong>")
+
+
+def test_served_loras_through_webuiapi(export_dir, tiny, loras):
+    """webuiapi lists the LoRA folder; prompts' tags apply per request, and requests with other LoRA sets sent
+    together are not joined into one run: each gets the Python API's image."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    webuiapi = pytest.importorskip("webuiapi")
+    from test_serve import Server
+
+    server = Server(export_dir("tiny"), "--lora-dir", str(loras), "--max-batch", "4")
+    try:
+        host, port = server.url.removeprefix("http://").split(":")
+        api = webuiapi.WebUIApi(host=host, port=int(port), steps=3)
+        assert sorted(entry["name"] for entry in api.get_loras()) == ["a", "b", "b_ldm", "xl"]
+        assert api.session.post(f"{api.baseurl}/refresh-loras").status_code == 200
+        prompts = [PROMPT + " <lora:a:0.8>", PROMPT, PROMPT + " <lora:b:1.1>"]
+        with ThreadPoolExecutor(3) as pool:
+            answers = list(pool.map(lambda p: api.txt2img(prompt=p, seed=7, width=64, height=64, cfg_scale=6,
+                                                           sampler_name="Euler"), prompts))
+    finally:
+        server.close()
+    for prompt, answer in zip(prompts, answers):
+        want = tiny(prompt, seed=7, scheduler="euler", num_inference_steps=3, height=64, width=64, guidance_scale=6)
+        assert np.array_equal(np.asarray(answer.image.convert("RGB")), np.asarray(want.images[0]))
+    assert 'Lora hashes: "a: ' in answers[0].info["infotexts"][0]

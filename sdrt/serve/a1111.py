@@ -24,6 +24,7 @@ from PIL.PngImagePlugin import PngInfo
 from pydantic import BaseModel, ConfigDict
 
 from ..errors import UserInputError
+from ..lora.tags import read_tags
 from ..runtime import GenerationResult
 from ..runtime.noise import MAX_SEED, random_seed
 from ..runtime.schedulers import A1111_NAMES, ALIASES, a1111_name
@@ -216,8 +217,10 @@ def job_of(request: _Common, sampling: Sampling, refiner_switch_at: float | None
         "num_inference_steps": request.steps, "guidance_scale": request.cfg_scale, "height": request.height,
         "width": request.width, **sampling.params(), "refiner_switch_at": refiner_switch_at,
     }
+    # requests join only with the same LoRA set (a call runs one)
+    loras = tuple(sorted(read_tags(request.prompt or "")))
     key: tuple | None = ("txt2img", request.width, request.height, request.steps, request.cfg_scale, sampling,
-                         refiner_switch_at)
+                         refiner_switch_at, loras)
     if isinstance(request, Img2ImgRequest):
         if not request.init_images:
             raise UserInputError("img2img needs init_images: a list with one base64 image")
@@ -272,7 +275,7 @@ def response(request: _Common, sampling: Sampling, result: GenerationResult, mod
 EMPTY_LISTINGS: dict[str, Any] = {
     "/sdapi/v1/upscalers": [], "/sdapi/v1/latent-upscale-modes": [], "/sdapi/v1/sd-vae": [],
     "/sdapi/v1/hypernetworks": [], "/sdapi/v1/face-restorers": [], "/sdapi/v1/realesrgan-models": [],
-    "/sdapi/v1/prompt-styles": [], "/sdapi/v1/embeddings": {"loaded": {}, "skipped": {}}, "/sdapi/v1/loras": [],
+    "/sdapi/v1/prompt-styles": [], "/sdapi/v1/embeddings": {"loaded": {}, "skipped": {}},
     "/sdapi/v1/scripts": {"txt2img": [], "img2img": []}, "/sdapi/v1/script-info": [],
 }
 

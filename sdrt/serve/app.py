@@ -181,6 +181,17 @@ def create_app(folder: str | Path, options: ServeOptions = ServeOptions(), limit
                                        str(service.options.refiner)))
         return models
 
+    @app.get("/sdapi/v1/loras")
+    async def loras():
+        """The LoRA folder's files, as AUTOMATIC1111 lists them (a prompt names one with <lora:NAME:WEIGHT>)."""
+        library = get_service().pipe.loras if get_service().ready else None
+        found = library.available() if library else {}
+        return [{"name": name, "alias": name, "path": str(path), "metadata": {}} for name, path in found.items()]
+
+    @app.post("/sdapi/v1/refresh-loras")
+    async def refresh_loras():
+        return None  # the folder is read on every request and every listing
+
     @app.get("/sdapi/v1/options")
     async def get_options():
         return _options(get_service())

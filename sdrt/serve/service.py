@@ -31,6 +31,7 @@ class ServeOptions:
     timeout: float = 600.0  # seconds a request may take, waiting included: 504 past it
     warmup: bool = True  # one small run at start-up, so /ready means warm
     refiner: str | None = None  # an SDXL refiner's export, used by requests that name it
+    lora_dir: str | None = None  # where prompts' <lora:NAME:WEIGHT> tags find LoRAs (default: the export's loras/)
 
 
 @dataclass
@@ -93,7 +94,8 @@ class Service:
 
     def _load(self) -> None:
         try:
-            pipe = Pipeline.load(self.folder, backend=self.options.backend, refiner=self.options.refiner)
+            pipe = Pipeline.load(self.folder, backend=self.options.backend, refiner=self.options.refiner,
+                                 lora_dir=self.options.lora_dir)
             calls = self.metrics.component_calls
             pipe.backend.observers.append(lambda component, seconds: calls.labels(component).inc())
             if self.options.warmup:
