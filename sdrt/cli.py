@@ -44,6 +44,7 @@ def cmd_export(args: argparse.Namespace) -> None:
         arch=args.arch,
         size_range=args.size_range,
         max_batch=args.max_batch,
+        lora=not args.no_lora,
     )
     print((Path(args.out) / "validation.txt").read_text(), end="")
     print(f"exported {args.model} ({manifest.family}, {manifest.precision}) to {args.out} "
@@ -122,6 +123,8 @@ def cmd_bench(args: argparse.Namespace) -> None:
     from .benchmarks.bench import BenchOptions, run_bench
     from .benchmarks.report import write_report
 
+    if args.lora:
+        return _bench_lora(args)
     opts = BenchOptions(
         models=tuple(args.model), backends=tuple(args.backends.split(",")), sizes=args.sizes, batches=args.batches,
         steps=args.steps, sampler=args.sampler, guidance=args.guidance, precision=args.precision, warmup=args.warmup,
@@ -131,6 +134,22 @@ def cmd_bench(args: argparse.Namespace) -> None:
     report, images = run_bench(opts, log=lambda msg: print(msg, flush=True))
     path = write_report(report, images, Path(args.out))
     print(f"wrote {path} (and report.json, plots) in {args.out}")
+
+
+def _bench_lora(args: argparse.Namespace) -> None:
+    from .benchmarks.lora import LoraBenchOptions, bench_lora, text
+    from .fileio import write_json, write_text
+
+    opts = LoraBenchOptions(model=args.model[0], backends=tuple(b for b in args.backends.split(",") if b != "torch"),
+                            size=args.sizes[0], steps=args.steps, warmup=args.warmup, repeats=args.repeats,
+                            sampler=args.sampler, work_dir=Path(args.work_dir))
+    report = bench_lora(opts, log=lambda msg: print(msg, flush=True))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "lora.json", report)
+    write_text(out / "lora.md", text(report) + "\n")
+    print(text(report))
+    print(f"wrote {out / 'lora.md'} and lora.json")
 
 
 def cmd_build(args: argparse.Namespace) -> None:
@@ -223,6 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", help="output folder")
     p.add_argument("--fp16", action="store_true", help="write fp16 graphs (weights and compute)")
     p.add_argument("--allow-pickle", action="store_true", help="allow pickle checkpoints (.ckpt/.bin): they can run code")
+    p.add_argument("--no-lora", action="store_true", help="graphs without LoRA inputs (they cannot take LoRAs)")
     p.add_argument("--arch", help="architecture of a .safetensors checkpoint when its keys cannot tell (sd15, sd21, tiny, …)")
     p.add_argument("--size-range", type=_size_range, metavar="MIN,MAX", help="image sides in pixels the export supports")
     p.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH, help=f"largest number of images per call (default {DEFAULT_MAX_BATCH})")
@@ -312,6 +332,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--no-probes", action="store_true", help="skip time to first image and peak memory (fresh processes)")
+    p.add_argument("--lora", action="store_true",
+                   help="what LoRAs cost instead: graphs with and without LoRA sites, a random LoRA, switching, memory "
+                        "(first --model, first --sizes; --steps 20 for the issue's targets)")
     p.add_argument("--one-at-a-time", action="store_true",
                    help="load and run one backend after the other instead of all together, interleaved: for models "
                         "two backends cannot hold at once (sdxl-arch in 24 GB)")

@@ -69,21 +69,23 @@ class BenchOptions:
             raise UserInputError("warm-up must be >= 0, repeats and steps >= 1")
 
 
-def prepare_export(model: str, opts: BenchOptions, log: Callable, precision: str | None = None) -> tuple[Path, dict]:
+def prepare_export(model: str, opts: BenchOptions, log: Callable, precision: str | None = None,
+                   lora: bool = True) -> tuple[Path, dict]:
     """An export folder for ``model`` (an export folder is used as it is), its size and, when made here, the time
     the export took. The export runs in a child process: it needs many GB (13 for SD 1.5) that the benchmark
-    process should not keep."""
+    process should not keep. ``lora=False``: graphs without LoRA sites."""
     precision = precision or opts.precision
     path = Path(model)
     seconds = None
     if (path / MANIFEST_NAME).is_file():
         folder = path
     else:
-        folder = opts.work_dir / f"{model.replace('/', '_')}-{precision}"
+        folder = opts.work_dir / f"{model.replace('/', '_')}-{precision}{'' if lora else '-nolora'}"
         if not (folder / MANIFEST_NAME).is_file():
             log(f"exporting {model} ({precision}) to {folder}")
             cmd = [sys.executable, "-m", "sdrt.cli", "export", model, str(folder)]
             cmd += ["--fp16"] if precision == "fp16" else []
+            cmd += [] if lora else ["--no-lora"]
             if model in opts.size_ranges:
                 cmd += ["--size-range", ",".join(map(str, opts.size_ranges[model]))]
             t0 = time.perf_counter()

@@ -129,21 +129,24 @@ def export(
     size_range: tuple[int, int] | None = None,
     max_batch: int = DEFAULT_MAX_BATCH,
     validate: bool = True,
+    lora: bool = True,
 ) -> Manifest:
     """Export ``model`` (built-in name, diffusers folder or .safetensors) to the folder ``out``.
 
     Each graph is validated against PyTorch at two shapes; past the tolerance the export fails
-    and ``out`` is left as it was.
+    and ``out`` is left as it was. ``lora=False`` leaves out the LoRA sites (``lora_sites``): graphs that cannot
+    take LoRAs, for comparison.
     """
     out = Path(out)
     started = time.perf_counter()
     need = memory.check_fits(model, fp16)
     with memory.freed_memory_returned(bool(need and need > memory.BIG_EXPORT_BYTES)):
-        return _export(model, out, fp16, allow_pickle, arch, size_range, max_batch, validate, started)
+        return _export(model, out, fp16, allow_pickle, arch, size_range, max_batch, validate, lora, started)
 
 
 def _export(model: str, out: Path, fp16: bool, allow_pickle: bool, arch: str | None,
-            size_range: tuple[int, int] | None, max_batch: int, validate: bool, started: float) -> Manifest:
+            size_range: tuple[int, int] | None, max_batch: int, validate: bool, lora: bool,
+            started: float) -> Manifest:
     loaded = load_model(model, allow_pickle=allow_pickle, arch=arch, dtype=torch.float16 if fp16 else None)
     pipe = loaded.pipe
     scheduler_config = {k: v for k, v in dict(pipe.scheduler.config).items() if not k.startswith("_")}
@@ -164,7 +167,7 @@ def _export(model: str, out: Path, fp16: bool, allow_pickle: bool, arch: str | N
     tmp = _prepare_output(out)
     try:
         components, checks = {}, []
-        graphs = component_graphs(pipe, family)
+        graphs = component_graphs(pipe, family, lora)
         while graphs:  # popped, so that a network's last graph holds the only references to it
             source, name = graphs[0].source, graphs[0].name
             graph_precision = "fp32" if source == "vae" and facts["vae_fp32"] else precision

@@ -97,10 +97,11 @@ class VaeEncoderGraph(torch.nn.Module):
         return posterior.mean, posterior.std
 
 
-def component_graphs(pipe, family: Family) -> list[ComponentGraph]:
+def component_graphs(pipe, family: Family, lora: bool = True) -> list[ComponentGraph]:
     """The graphs of a pipeline of ``family``, wrapped with the contract's IO names: its text encoders, the VAE
     decoder and encoder, and the U-Net (with the family's extra conditioning inputs) last, so that an export can
-    free each network once it is done with it before the biggest one is traced."""
+    free each network once it is done with it before the biggest one is traced. ``lora``: the text encoders and
+    the U-Net with LoRA sites."""
     unet, vae = pipe.unet, pipe.vae
     channels = unet.config.in_channels
     latent_channels = vae.config.latent_channels
@@ -134,10 +135,10 @@ def component_graphs(pipe, family: Family) -> list[ComponentGraph]:
         fp32_scopes=("/unet/time_proj/",),
     )
     return [
-        *(text_encoder_graph(pipe, spec) for spec in family.text_encoders),
+        *(text_encoder_graph(pipe, spec, lora) for spec in family.text_encoders),
         ComponentGraph(VAE_DECODER.name, "vae", VaeDecoderGraph(vae), *VaeDecoder.io(latent_channels), latent),
         ComponentGraph(VAE_ENCODER.name, "vae", VaeEncoderGraph(vae), *VaeEncoder.io(latent_channels), image),
-        with_lora_sites(unet_graph, unet),
+        with_lora_sites(unet_graph, unet) if lora else unet_graph,
     ]
 
 
@@ -164,7 +165,7 @@ def _time_ids(s: Shape, scale: int, count: int) -> torch.Tensor:
     return torch.tensor(size + [0, 0] + (size if count == 6 else [6.0]), dtype=torch.float32)
 
 
-def text_encoder_graph(pipe, spec: TextEncoderSpec) -> ComponentGraph:
+def text_encoder_graph(pipe, spec: TextEncoderSpec, lora: bool = True) -> ComponentGraph:
     encoder = getattr(pipe, spec.component)
     config = encoder.config
     pooled = getattr(config, "projection_dim", None) if spec.pooled else None
@@ -177,6 +178,8 @@ def text_encoder_graph(pipe, spec: TextEncoderSpec) -> ComponentGraph:
 
     graph = ComponentGraph(spec.component, spec.component, TextEncoderGraph(encoder, spec),
                            *TextEncoder.io(config.hidden_size, pooled), ids)
+    if not lora:
+        return graph
     # transformers 5 flattened CLIPTextModel (no .text_model); 4.x nests it
     return with_lora_sites(graph, encoder, "text_model.encoder.layers." if hasattr(encoder, "text_model") else "encoder.layers.")
 
