@@ -143,12 +143,14 @@ def _bench_lora(args: argparse.Namespace) -> None:
     opts = LoraBenchOptions(model=args.model[0], backends=tuple(b for b in args.backends.split(",") if b != "torch"),
                             size=args.sizes[0], steps=args.steps, warmup=args.warmup, repeats=args.repeats,
                             sampler=args.sampler, work_dir=Path(args.work_dir))
-    report = bench_lora(opts, log=lambda msg: print(msg, flush=True))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "lora.json", report)
-    write_text(out / "lora.md", text(report) + "\n")
-    print(text(report))
+
+    def write(report: dict) -> None:
+        write_json(out / "lora.json", report)
+        write_text(out / "lora.md", text(report) + "\n")
+
+    print(text(bench_lora(opts, log=lambda msg: print(msg, flush=True), done=write)))
     print(f"wrote {out / 'lora.md'} and lora.json")
 
 

@@ -67,9 +67,6 @@ class SiteIndex:
 
     def match(self, lora: LoraFile) -> dict[tuple[str, str], LoraLayer]:
         """(component, path) -> the layer of ``lora`` that changes it; a clear error where the file does not fit."""
-        if not self.sites:
-            raise UserInputError("this export has no LoRA inputs (it was exported before sdrt read LoRAs); "
-                                 "export the model again to use LoRAs")
         matched, missed = {}, []
         for (component, naming, name), layer in lora.layers.items():
             path = self._names.get((component, naming), {}).get(name)

@@ -21,12 +21,12 @@ from PIL import Image
 
 from ..components import UNET, VAE_DECODER, VAE_ENCODER, RunShape
 from ..errors import ManifestError, SdrtError, UserInputError
+from ..lora.factors import FactorMaker, LoraChoice
+from ..lora.library import LoraLibrary
 from ..manifest import Manifest, load_manifest
 from . import images as imageio
 from .backends import Backend, create_backend
 from .conditioning import Conditioning, conditioner_for
-from ..lora.factors import FactorMaker, LoraChoice
-from ..lora.library import LoraLibrary
 from .infotext import image_parameters, lora_parameters
 from .noise import GeneratorKind
 from .request import Job, StepCallback, make_job
