@@ -3,6 +3,7 @@
 Counted: Conv / ConvTranspose (2·MACs), MatMul and Gemm (2·M·K·N per matrix; attention's QKᵀ and AV are MatMuls
 of two activations in the exported graphs, counted apart from the linear layers). Element-wise ops, softmax and
 normalisations are left out: together they are a few percent of a Stable Diffusion U-Net and bound by memory.
+The LoRA sites' branches (``export/lora_sites.py``) are counted apart, at the rank given (1, no LoRA, by default).
 """
 
 from __future__ import annotations
@@ -12,16 +13,19 @@ from pathlib import Path
 
 import numpy as np
 
+from ..export.lora_sites import is_factor
+
 
 @dataclass(frozen=True)
 class FlopCount:
     conv: int
     linear: int  # MatMul/Gemm with a weight
     attention: int  # MatMul of two activations (QKᵀ, AV)
+    lora: int = 0  # the LoRA sites' branches
 
     @property
     def total(self) -> int:
-        return self.conv + self.linear + self.attention
+        return self.conv + self.linear + self.attention + self.lora
 
 
 def count_flops(onnx_path: str | Path, input_shapes: dict[str, tuple[int, ...]]) -> FlopCount:
@@ -31,12 +35,15 @@ def count_flops(onnx_path: str | Path, input_shapes: dict[str, tuple[int, ...]])
 
     model = onnx.load(str(onnx_path), load_external_data=False)  # shapes only: weights stay on disk...
     _load_small_external_tensors(model, Path(onnx_path).parent)  # ...but shape inference reads small constants
+    factors = {inp.name for inp in model.graph.input if is_factor(inp.name)}
     for inp in model.graph.input:
-        if inp.name in input_shapes:
-            dims = inp.type.tensor_type.shape.dim
-            for dim, value in zip(dims, input_shapes[inp.name]):
-                dim.Clear()
-                dim.dim_value = int(value)
+        dims = inp.type.tensor_type.shape.dim
+        given = input_shapes.get(inp.name)
+        if given is None and inp.name in factors:  # rank 1 unless told
+            given = [d.dim_value if d.HasField("dim_value") else 1 for d in dims]
+        for dim, value in zip(dims, given or ()):
+            dim.Clear()
+            dim.dim_value = int(value)
     model = SymbolicShapeInference.infer_shapes(model, auto_merge=True)
     shapes = {}
     for v in (*model.graph.value_info, *model.graph.input, *model.graph.output):
@@ -51,8 +58,14 @@ def count_flops(onnx_path: str | Path, input_shapes: dict[str, tuple[int, ...]])
             raise ValueError(f"shape of {name!r} unknown after shape inference; give every dynamic axis a value")
         return s
 
-    conv = linear = attention = 0
+    conv = linear = attention = lora = 0
+    branch = set(factors)  # tensors computed from LoRA factors, up to the Add that joins the layer's output
     for node in model.graph.node:
+        if node.op_type != "Add" and branch.intersection(node.input):
+            branch.update(node.output)
+            if node.op_type == "MatMul":
+                lora += 2 * int(np.prod(shape(node.output[0]))) * int(shape(node.input[0])[-1])
+            continue
         if node.op_type in ("Conv", "ConvTranspose"):
             w = shape(node.input[1])  # [Cout, Cin/group, kh, kw] (Conv) or [Cin, Cout/group, kh, kw] (ConvTranspose)
             out = shape(node.output[0])
@@ -66,7 +79,7 @@ def count_flops(onnx_path: str | Path, input_shapes: dict[str, tuple[int, ...]])
                 linear += flops
             else:
                 attention += flops
-    return FlopCount(conv, linear, attention)
+    return FlopCount(conv, linear, attention, lora)
 
 
 def _load_small_external_tensors(model, folder: Path, max_elements: int = 16384) -> None:
