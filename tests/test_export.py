@@ -10,6 +10,7 @@ import pytest
 from sdrt.errors import ExportError, ModelSourceError
 from sdrt.export import export, memory, onnx_io
 from sdrt.export.validate import TOLERANCE
+from sdrt.lora.factors import FactorMaker
 from sdrt.manifest import load_manifest
 
 COMPONENTS = {"text_encoder", "unet", "vae_decoder", "vae_encoder"}
@@ -56,8 +57,10 @@ def test_fp16_graphs_hold_fp16_weights(export_dir):
 def test_dynamic_shapes_run_at_other_sizes(export_dir):
     folder = export_dir("tiny")
     unet = ort.InferenceSession(str(folder / "unet.onnx"), providers=["CPUExecutionProvider"])
+    no_lora = FactorMaker(load_manifest(folder)).feeds(())["unet"]
     for b, h, w, t in [(2, 8, 8, 77), (6, 9, 13, 154), (1, 64, 40, 77)]:  # odd latents, two prompt chunks
         out = unet.run(None, {
+            **no_lora,
             "sample": np.zeros((b, 4, h, w), np.float32),
             "timestep": np.full(b, 500, np.float32),
             "encoder_hidden_states": np.zeros((b, t, 32), np.float32),

@@ -40,6 +40,8 @@ class LoraSite(torch.nn.Module):
 
     def forward(self, x):
         y = self.layer(x)
+        if self.down is None:  # called outside its graph: the plain layer
+            return y
         if isinstance(self.layer, torch.nn.Linear):
             return y + (x @ self.down) @ self.up
         return y + (self.up @ self._conv_down(x)).reshape(y.shape)
@@ -84,17 +86,19 @@ def _targetable(module: torch.nn.Module) -> bool:
 
 
 def add_sites(network: torch.nn.Module, under: str = "") -> dict[str, LoraSite]:
-    """Wrap every targetable layer of ``network`` whose path starts with ``under`` in a ``LoraSite``, in place;
-    the sites by path (``text_model.`` left out, as transformers 5 does)."""
+    """Wrap every targetable layer of ``network`` whose path starts with ``under`` in a ``LoraSite``, in place
+    (a network wrapped before keeps its sites); the sites by path (``text_model.`` left out, as transformers 5
+    does). Outside its graph a site computes its plain layer."""
     sites = {}
     for path, module in list(network.named_modules()):
-        if not path.startswith(under) or not _targetable(module):
-            continue
         parent_path, _, attr = path.rpartition(".")
         parent = network.get_submodule(parent_path)
-        site = LoraSite(module)
-        setattr(parent, attr, site)
-        sites[path.removeprefix("text_model.")] = site
+        if not path.startswith(under) or isinstance(parent, LoraSite):
+            continue
+        if isinstance(module, LoraSite) or _targetable(module):
+            site = module if isinstance(module, LoraSite) else LoraSite(module)
+            setattr(parent, attr, site)
+            sites[path.removeprefix("text_model.")] = site
     return sites
 
 
@@ -110,7 +114,11 @@ class WithLoraInputs(torch.nn.Module):
         own, factors = inputs[:self.own_inputs], inputs[self.own_inputs:]
         for site, down, up in zip(self.sites, factors[0::2], factors[1::2]):
             site.down, site.up = down, up
-        return self.graph(*own)
+        try:
+            return self.graph(*own)
+        finally:
+            for site in self.sites:
+                site.down = site.up = None
 
 
 def factor_inputs(sites: dict[str, LoraSite]) -> tuple[TensorSpec, ...]:
