@@ -58,10 +58,12 @@ class SiteIndex:
         self.family = manifest.family
         self._names: dict[tuple[str, str], dict[str, str]] = {}  # (component, naming) -> name -> path
         for component, sites in self.sites.items():
+            other_names = _ldm_names if component == "unet" else _text_model_names
             dotted = {}
-            for path in sites:
-                for name in _names(component, path, sites):
-                    dotted[name] = path
+            for path, other in zip(sites, other_names(list(sites))):
+                dotted[path] = path
+                if other is not None:
+                    dotted[other] = path
             self._names[(component, "dotted")] = dotted
             self._names[(component, "kohya")] = {name.replace(".", "_"): path for name, path in dotted.items()}
 
@@ -85,21 +87,23 @@ class SiteIndex:
         return matched
 
 
-def _names(component: str, path: str, sites: dict[str, Site]) -> list[str]:
-    if component != "unet":
-        return [path, "text_model." + path]
-    per, with_attention = _unet_layout(sites)
-    try:
-        return [path, ldm_names.unet_module(path, per, with_attention)]
-    except KeyError:  # a layer the original naming does not have
-        return [path]
+def _text_model_names(paths: list[str]) -> list[str]:
+    return ["text_model." + path for path in paths]
 
 
-def _unet_layout(sites: dict[str, Site]) -> tuple[int, set[int]]:
-    """The U-Net's layers per block and its up blocks with attention, read from the site paths."""
-    resnets = {int(m[1]) for p in sites if (m := re.match(r"down_blocks\.0\.resnets\.(\d+)\.", p))}
-    attention = {int(m[1]) for p in sites if (m := re.match(r"up_blocks\.(\d+)\.attentions\.", p))}
-    return max(resnets, default=0) + 1, attention
+def _ldm_names(paths: list[str]) -> list[str | None]:
+    """Each U-Net site's original (LDM) name, None where that naming has no such layer; the U-Net's layers per block
+    and its up blocks with attention are read from the paths once."""
+    resnets = {int(m[1]) for p in paths if (m := re.match(r"down_blocks\.0\.resnets\.(\d+)\.", p))}
+    attention = {int(m[1]) for p in paths if (m := re.match(r"up_blocks\.(\d+)\.attentions\.", p))}
+    per = max(resnets, default=0) + 1
+    names = []
+    for path in paths:
+        try:
+            names.append(ldm_names.unet_module(path, per, attention))
+        except KeyError:
+            names.append(None)
+    return names
 
 
 def _check_fit(lora: LoraFile, site: Site, layer: LoraLayer) -> None:
