@@ -54,7 +54,6 @@ class LoraFile:
     path: Path
     short_hash: str  # AUTOMATIC1111's: the first 12 hex digits of the sha256 of its tensors' bytes
     layers: dict[tuple[str, str, str], LoraLayer]  # (component, naming, module name) -> layer
-    ignored: tuple[str, ...] = ()  # keys that are no LoRA factor of any component (kept to explain a mismatch)
 
 
 def read_lora(path: str | Path, allow_pickle: bool = False) -> LoraFile:
@@ -64,14 +63,12 @@ def read_lora(path: str | Path, allow_pickle: bool = False) -> LoraFile:
     tensors, metadata = _read_tensors(path, allow_pickle)
     alphas = _metadata_alphas(metadata)
     factors: dict[tuple[str, str, str], dict[str, object]] = {}
-    ignored = []
     for key, value in tensors.items():
         for marker, kind in OTHER_KINDS.items():
             if any(segment.startswith(marker) for segment in key.split(".")[-2:]):
                 raise UserInputError(f"{path.name} is a {kind} network ({key}); sdrt reads LoRA and LoCon only")
         located = _locate(key)
-        if located is None:
-            ignored.append(key)
+        if located is None:  # not a LoRA factor of any component
             continue
         module, part = located
         factors.setdefault(module, {})[part] = value
@@ -86,7 +83,7 @@ def read_lora(path: str | Path, allow_pickle: bool = False) -> LoraFile:
     if not layers:
         raise UserInputError(f"{path.name} holds no LoRA layers (none of its {len(tensors)} keys is a LoRA factor of "
                              "a U-Net or text encoder); is it a LoRA file?")
-    return LoraFile(path.stem, path, short_hash(path), layers, tuple(ignored))
+    return LoraFile(path.stem, path, short_hash(path), layers)
 
 
 def _locate(key: str) -> tuple[tuple[str, str, str], str] | None:
