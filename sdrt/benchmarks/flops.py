@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..export.lora_sites import is_factor
+from ..lora.sites import is_factor
 
 
 @dataclass(frozen=True)

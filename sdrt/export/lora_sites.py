@@ -19,9 +19,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..lora.sites import DOWN, UP
 from ..manifest import TensorSpec
 
-DOWN, UP = ".lora_down", ".lora_up"
 RANK = "rank"  # the named axis of every site's factors
 TRACE_RANK = 2  # not 1: the tracer would take a size-1 axis for a broadcast
 
@@ -124,6 +124,3 @@ class WithLoraInputs(torch.nn.Module):
 def factor_inputs(sites: dict[str, LoraSite]) -> tuple[TensorSpec, ...]:
     return tuple(spec for path, site in sites.items() for spec in site.factor_specs(path))
 
-
-def is_factor(name: str) -> bool:
-    return name.endswith((DOWN, UP))

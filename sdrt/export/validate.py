@@ -10,7 +10,7 @@ import torch
 
 from ..manifest import TensorSpec
 from .graphs import ComponentGraph, Shape
-from .lora_sites import is_factor
+from ..lora.sites import is_factor
 
 # Relative error = max |onnx - torch| / max |torch|, per output.
 TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2}

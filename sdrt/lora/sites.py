@@ -15,7 +15,11 @@ from .files import LoraFile, LoraLayer
 
 log = logging.getLogger("sdrt")
 
-DOWN, UP = ".lora_down", ".lora_up"
+DOWN, UP = ".lora_down", ".lora_up"  # a site's two inputs: PATH.lora_down, PATH.lora_up
+
+
+def is_factor(name: str) -> bool:
+    return name.endswith((DOWN, UP))
 
 
 @dataclass(frozen=True)
