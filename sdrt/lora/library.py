@@ -30,10 +30,11 @@ class LoraLibrary:
         path = Path(name)
         if path.suffix in SUFFIXES and path.is_file():
             return path
-        found = self.available().get(name)
+        available = self.available()
+        found = available.get(name)
         if found is None:
             where = f"in {self.folder}" if self.folder else "(no LoRA folder: give lora_dir= / --lora-dir, or a file)"
-            known = ", ".join(self.available()) or "none"
+            known = ", ".join(available) or "none"
             raise UserInputError(f"no LoRA named {name!r} {where}; LoRAs there: {known}")
         return found
 
