@@ -20,6 +20,8 @@ WINDOW = CHUNK_TOKENS + 2  # CLIP's 77 tokens
 Range = tuple[int, int, int]  # min, opt, max
 # The rank axis of the LoRA factors (export/lora_sites.py): 1 is no LoRA; a site's LoRAs' ranks add up.
 LORA_RANKS: Range = (1, 1, 256)
+# The rows of a call's textual-inversion vectors (1: none; AUTOMATIC1111 allows 75 per prompt chunk).
+EMBEDDING_VECTORS: Range = (1, 1, 150)
 
 
 @dataclass(frozen=True)
@@ -70,8 +72,10 @@ def _latent(bounds: Bounds, f: int) -> dict[str, Range]:
 
 
 class TextEncoder(Component):
-    """``input_ids`` [B, T] (+ ``clip_skip`` [1]) → ``last_hidden_state`` [B, T, D] (+ ``pooled`` [B, E]).
-    B counts token sequences: every chunk of every negative and positive prompt of a call in one run."""
+    """``input_ids`` [B, T], ``clip_skip`` [1] and ``embedding_vectors`` [V, D] (textual inversion: id −k−1 reads
+    row k) → ``last_hidden_state`` [B, T, D] (+ ``pooled`` [B, E]). B counts token sequences: every chunk of every
+    negative and positive prompt of a call in one run. Exports from before CLIP skip or textual inversion lack those
+    inputs."""
 
     stage = "text_encoder"
 
@@ -80,14 +84,16 @@ class TextEncoder(Component):
 
     def axes(self, bounds: Bounds, vae_factor: int) -> dict[str, Range]:
         b, c = bounds.batch, bounds.chunks  # prompts <= images: one prompt alone at least, all of them at most
-        return {"B": (1, 2 * c[1], 2 * b[2] * c[2]), "T": (WINDOW,) * 3, "rank": LORA_RANKS}
+        return {"B": (1, 2 * c[1], 2 * b[2] * c[2]), "T": (WINDOW,) * 3, "rank": LORA_RANKS,
+                "vectors": EMBEDDING_VECTORS}
 
     @staticmethod
     def io(hidden: int, pooled: int | None = None) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
         outputs = (TensorSpec("last_hidden_state", "float32", ("B", "T", hidden)),)
         if pooled:
             outputs += (TensorSpec("pooled", "float32", ("B", pooled)),)
-        return (TensorSpec("input_ids", "int32", ("B", "T")), TensorSpec("clip_skip", "int32", (1,))), outputs
+        return (TensorSpec("input_ids", "int32", ("B", "T")), TensorSpec("clip_skip", "int32", (1,)),
+                TensorSpec("embedding_vectors", "float32", ("vectors", hidden))), outputs
 
 
 class Denoiser(Component):

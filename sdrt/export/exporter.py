@@ -27,9 +27,11 @@ log = logging.getLogger("sdrt.export")
 def _validation_shapes(size_range: tuple[int, int], scale: int) -> list[Shape]:
     """Two shapes unlike the traced one: square batch 1, and non-square batch 2 (64x64 and 48x80 latents, kept
     under the declared maximum; a dynamic graph works below the declared minimum too, and smaller shapes keep a big
-    model's check small); LoRA factors of rank 1 (the runtime's "no LoRA") and 3."""
+    model's check small); LoRA factors of rank 1 (the runtime's "no LoRA") and 3; 1 and 4 textual-inversion
+    vectors."""
     hi = size_range[1] // scale
-    return [Shape(1, min(hi, 64), min(hi, 64), lora_rank=1), Shape(2, min(hi, 48), min(hi, 80), lora_rank=3)]
+    return [Shape(1, min(hi, 64), min(hi, 64), lora_rank=1, vectors=1),
+            Shape(2, min(hi, 48), min(hi, 80), lora_rank=3, vectors=4)]
 
 
 def _trace_shape(size_range: tuple[int, int], scale: int) -> Shape:

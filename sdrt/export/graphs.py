@@ -23,6 +23,7 @@ class Shape:
     latent_w: int
     tokens: int = WINDOW
     lora_rank: int = lora_sites.TRACE_RANK  # the rank of the LoRA factors fed to the sites
+    vectors: int = 3  # textual-inversion vectors fed to the text encoders
 
 
 @dataclass(frozen=True)
@@ -40,28 +41,58 @@ class ComponentGraph:
         return {t.name: {i: d for i, d in enumerate(t.shape) if isinstance(d, str)} for t in self.inputs + self.outputs}
 
 
+class TokenTable(torch.nn.Module):
+    """The encoder's token embedding, extended by the textual-inversion vectors of a call: token id −k−1 reads row k
+    of ``vectors`` (set by ``TextEncoderGraph`` for the call). Negative ids leave the EOS token the highest id, so
+    the pooled output stays at EOS (as AUTOMATIC1111's placeholder tokens do). Outside its graph: the plain table."""
+
+    def __init__(self, table: torch.nn.Embedding):
+        super().__init__()
+        self.table, self.vectors = table, None
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        own = self.table(ids.clamp(min=0))
+        if self.vectors is None:
+            return own
+        rows = (-ids - 1).clamp(0, self.vectors.shape[0] - 1)
+        return torch.where((ids < 0).unsqueeze(-1), self.vectors.to(own.dtype)[rows], own)
+
+
 class TextEncoderGraph(torch.nn.Module):
     """The hidden state that conditions the U-Net. ``clip_skip`` ([1] int32, AUTOMATIC1111's numbering: 1 = the
     family's own layer, 2 = one layer before it, …) picks it at run time, so one graph serves every CLIP skip: the
     layer that many from the end, through the final LayerNorm where the family uses it (as A1111's and diffusers'
-    ``clip_skip``; at 1 this is exactly ``last_hidden_state``)."""
+    ``clip_skip``; at 1 this is exactly ``last_hidden_state``). ``embedding_vectors`` [V, D]: the call's
+    textual-inversion vectors, which ids −1, −2, … stand for (one unused row when the prompts have none)."""
 
     def __init__(self, encoder: torch.nn.Module, spec: TextEncoderSpec):
         super().__init__()
         self.encoder, self.spec = encoder, spec
+        embeddings = _text_model(encoder).embeddings
+        if not isinstance(embeddings.token_embedding, TokenTable):
+            embeddings.token_embedding = TokenTable(embeddings.token_embedding)
+        self.tokens = embeddings.token_embedding
 
-    def forward(self, input_ids: torch.Tensor, clip_skip: torch.Tensor):
-        out = self.encoder(input_ids.to(torch.int64), output_hidden_states=True)
+    def forward(self, input_ids: torch.Tensor, clip_skip: torch.Tensor, embedding_vectors: torch.Tensor):
+        self.tokens.vectors = embedding_vectors
+        try:
+            out = self.encoder(input_ids.to(torch.int64), output_hidden_states=True)
+        finally:
+            self.tokens.vectors = None
         layers = torch.stack(out.hidden_states[1:])  # [layers, B, T, D], each before the final LayerNorm
         from_end = clip_skip.to(torch.int64) + (0 if self.spec.hidden_state == "last" else 1)
         index = (layers.shape[0] - from_end).clamp(0, layers.shape[0] - 1)
         hidden = torch.index_select(layers, 0, index).squeeze(0)
         if self.spec.final_layer_norm:
-            # transformers 5 flattened CLIPTextModel (no .text_model); 4.x nests it
-            hidden = getattr(self.encoder, "text_model", self.encoder).final_layer_norm(hidden)
+            hidden = _text_model(self.encoder).final_layer_norm(hidden)
         if self.spec.pooled:
             return hidden, out[0 if hasattr(out, "text_embeds") else 1]
         return hidden
+
+
+def _text_model(encoder: torch.nn.Module) -> torch.nn.Module:
+    # transformers 5 flattened CLIPTextModel (no .text_model); 4.x nests it
+    return getattr(encoder, "text_model", encoder)
 
 
 class UNetGraph(torch.nn.Module):
@@ -173,8 +204,10 @@ def text_encoder_graph(pipe, spec: TextEncoderSpec, lora: bool = True) -> Compon
     def ids(s: Shape, g):
         # validation runs at CLIP skip 2 where the encoder has the layers (1 is the same graph minus an offset)
         skip = torch.tensor([min(2, config.num_hidden_layers - (spec.hidden_state != "last"))], dtype=torch.int32)
-        return {"input_ids": torch.randint(0, config.vocab_size, (s.batch, s.tokens), generator=g, dtype=torch.int32),
-                "clip_skip": skip}
+        tokens = torch.randint(0, config.vocab_size, (s.batch, s.tokens), generator=g, dtype=torch.int32)
+        tokens[:, 1:4] = -(torch.tensor([0, 2, 1], dtype=torch.int32) % s.vectors) - 1  # textual-inversion vectors
+        return {"input_ids": tokens, "clip_skip": skip,
+                "embedding_vectors": torch.randn(s.vectors, config.hidden_size, generator=g) * 0.02}
 
     graph = ComponentGraph(spec.component, spec.component, TextEncoderGraph(encoder, spec),
                            *TextEncoder.io(config.hidden_size, pooled), ids)
