@@ -65,7 +65,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
     backend = ":".join([args.backend] + ([args.precision] if args.precision else []) + ([args.weights] if args.weights else []))
     with Pipeline.load(args.folder, backend=backend, refiner=args.refiner, lora_dir=args.lora_dir,
-                       allow_pickle=args.allow_pickle) as pipe:
+                       embeddings_dir=args.embeddings_dir, allow_pickle=args.allow_pickle) as pipe:
         print(f"backend: {pipe.backend.name} on {pipe.backend.device}")
         try:
             result = pipe(
@@ -184,7 +184,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
         raise UserInputError(f"sdrt serve needs its extra: pip install 'sdrt[serve]' ({e})") from None
     load_manifest(args.folder)  # a bad folder fails here, in one line, not inside the server
     options = ServeOptions(backend=args.backend, max_batch=args.max_batch, max_queue=args.max_queue,
-                           timeout=args.timeout, refiner=args.refiner, lora_dir=args.lora_dir)
+                           timeout=args.timeout, refiner=args.refiner, lora_dir=args.lora_dir,
+                           embeddings_dir=args.embeddings_dir)
     limits = Limits(args.max_pixels, args.max_steps, args.max_images, args.max_body_bytes, args.max_prompt_chars)
     credentials = parse_credentials(args.api_auth)
     if args.host not in ("127.0.0.1", "localhost", "::1") and not credentials:
@@ -286,7 +287,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lora", action="append", type=_lora, default=[], metavar="FILE_OR_NAME[:WEIGHT]",
                    help="apply a LoRA (repeatable; a name is looked up in --lora-dir); prompts take <lora:NAME:WEIGHT> too")
     p.add_argument("--lora-dir", default=None, help="where LoRA names are looked up (default: the export's loras/)")
-    p.add_argument("--allow-pickle", action="store_true", help="allow pickle LoRA files (.pt): they can run code")
+    p.add_argument("--embeddings-dir", default=None,
+                   help="textual-inversion embeddings, used by their name in prompts (default: the export's embeddings/)")
+    p.add_argument("--allow-pickle", action="store_true", help="allow pickle LoRA and embedding files (.pt, .bin): they can run code")
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale")
     p.add_argument("--seed", type=int, default=None, help="random when omitted (printed)")
@@ -355,6 +358,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch", type=int, default=4, help="images per joined U-Net batch (default 4)")
     p.add_argument("--refiner", metavar="OUT", help="SDXL: a refiner's export, for requests' refiner_checkpoint")
     p.add_argument("--lora-dir", default=None, help="LoRAs for prompts' <lora:NAME:WEIGHT> (default: the export's loras/)")
+    p.add_argument("--embeddings-dir", default=None,
+                   help="textual inversions prompts name (default: the export's embeddings/)")
     p.add_argument("--max-queue", type=int, default=64, help="requests waiting before 503 (default 64)")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds a request may take, waiting included (504)")
     p.add_argument("--api-auth", metavar="USER:PASSWORD[,…]", help="HTTP Basic credentials, as the WebUI's --api-auth")

@@ -9,7 +9,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..components import TEXT_ENCODER, TEXT_ENCODER_2, UNET
+from ..components import TEXT_ENCODER, TEXT_ENCODER_2, UNET, TextEncoder
+from ..embeddings.files import ANY_ENCODER, Embedding
+from ..embeddings.library import NO_MATCHES, EmbeddingLibrary
 from ..errors import ManifestError
 from ..lora.tags import remove_tags
 from ..manifest import Manifest
@@ -26,6 +28,45 @@ class Tokens:
     """Every prompt of a call tokenized, in the order the text encoder sees them."""
     prompts: list[PromptChunks]
     chunks: int  # 75-token chunks per prompt (shorter prompts padded to it)
+    vectors: list[np.ndarray | None]  # per encoder: the textual-inversion vectors its negative ids read (None: no input)
+
+    @property
+    def embeddings(self) -> list[Embedding]:
+        """The textual-inversion embeddings the prompts use, each once."""
+        return list({e.name: e for p in self.prompts for e in p.embeddings}.values())
+
+
+class TextEncoders:
+    """A family's text encoders as the conditioners use them: each one's tokenizer and its textual-inversion
+    embeddings (``key``: which vectors of an SDXL embedding it takes, "" for a family with one encoder)."""
+
+    def __init__(self, folder, manifest: Manifest, embeddings: EmbeddingLibrary | None,
+                 encoders: list[tuple[TextEncoder, str, str]]):
+        self.embeddings = embeddings or EmbeddingLibrary()
+        self.encoders = [(c, ClipTokenizer(folder, manifest.tokenizers[t]), key) for c, t, key in encoders
+                         if c.name in manifest.components]
+        # the width of each encoder's textual-inversion vectors; None where its graph takes none (an older export)
+        self.widths = [_vector_width(manifest, c) for c, _, _ in self.encoders]
+
+    def tokenize(self, texts: list[list[str]], weighting: bool) -> Tokens:
+        """The i-th encoder's texts ``texts[i]`` in 75-token chunks, every prompt padded to the longest with the empty
+        prompt's chunks (as AUTOMATIC1111), listed encoder by encoder."""
+        per_encoder, tables = [], []
+        for (_, tokenizer, key), width, encoder_texts in zip(self.encoders, self.widths, texts):
+            matcher = self.embeddings.matcher(tokenizer, key, width) if width else NO_MATCHES
+            per_encoder.append([tokenize_prompt(tokenizer, t, weighting, matcher) for t in encoder_texts])
+            tables.append(matcher.table if width else None)
+        n = max(len(p) for prompts in per_encoder for p in prompts)
+        if n > 1:
+            empties = [tokenize_prompt(tokenizer, "", weighting) for _, tokenizer, _ in self.encoders]
+            per_encoder = [[p.padded(n, empty) for p in prompts] for prompts, empty in zip(per_encoder, empties)]
+        return Tokens([p for prompts in per_encoder for p in prompts], n, tables)
+
+    def fits(self, embedding: Embedding) -> bool:
+        """Whether ``embedding`` has vectors of the right width for every text encoder (none fits an export made
+        before textual inversion)."""
+        keyed = [(key, width) for (_, _, key), width in zip(self.encoders, self.widths) if width]
+        return bool(keyed) and all(embedding.vectors_for(key, width) is not None for key, width in keyed)
 
 
 class ClipConditioner:
@@ -33,17 +74,17 @@ class ClipConditioner:
     the empty prompt's chunks to the longest), CLIP skip; ``encoder_hidden_states`` [U-Net batch, 77·chunks, D],
     negatives first ([uncond..., cond...]) and each prompt's images side by side, as diffusers."""
 
-    def __init__(self, folder, manifest: Manifest, backend: Backend):
+    def __init__(self, folder, manifest: Manifest, backend: Backend, embeddings: EmbeddingLibrary | None = None):
         self.manifest, self.backend = manifest, backend
-        self.tokenizer = ClipTokenizer(folder, manifest.tokenizers["tokenizer"])
+        self.text = TextEncoders(folder, manifest, embeddings, [(TEXT_ENCODER, "tokenizer", ANY_ENCODER)])
         self.takes_clip_skip = takes_clip_skip(manifest)
 
     def tokenize(self, job: Job) -> Tokens:
-        return _tokenize([(self.tokenizer, _texts(job.negatives, job.prompts, job))], job.weighting)
+        return self.text.tokenize([_texts(job.negatives, job.prompts, job)], job.weighting)
 
     def encode(self, tokens: Tokens, job: Job) -> Conditioning:
         clip_skip = job.clip_skip if self.takes_clip_skip else None
-        hidden, _ = _encode(self.backend, TEXT_ENCODER.name, tokens.prompts, tokens.chunks, clip_skip)
+        hidden, _ = _encode(self.backend, TEXT_ENCODER.name, tokens.prompts, tokens.chunks, clip_skip, tokens.vectors[0])
         return {"encoder_hidden_states": np.repeat(hidden, job.num_images, axis=0)}
 
 
@@ -54,29 +95,30 @@ class SdxlConditioner:
     ``time_ids``: original size, the crop's top-left corner, and the target size (the base) or the aesthetic score
     (the refiner), with diffusers' defaults (the image's size, no crop, 6.0 and 2.5 for the negatives). An empty
     negative prompt conditions with zeros where the model says so (``force_zeros_for_empty_prompt``, as diffusers
-    and A1111)."""
+    and A1111). Textual-inversion embeddings give each encoder its own vectors (``clip_l``, ``clip_g``)."""
 
-    ENCODERS = ((TEXT_ENCODER, "tokenizer"), (TEXT_ENCODER_2, "tokenizer_2"))
+    ENCODERS = [(TEXT_ENCODER, "tokenizer", "clip_l"), (TEXT_ENCODER_2, "tokenizer_2", "clip_g")]
 
-    def __init__(self, folder, manifest: Manifest, backend: Backend):
+    def __init__(self, folder, manifest: Manifest, backend: Backend, embeddings: EmbeddingLibrary | None = None):
         self.manifest, self.backend = manifest, backend
-        self.encoders = [(c, ClipTokenizer(folder, manifest.tokenizers[t])) for c, t in self.ENCODERS
-                         if c.name in manifest.components]
+        self.text = TextEncoders(folder, manifest, embeddings, self.ENCODERS)
         self.time_ids = manifest.components[UNET.name].input("time_ids").shape[1]  # 6, or the refiner's 5
 
     def tokenize(self, job: Job) -> Tokens:
         # the i-th encoder present gets the i-th prompts (as diffusers: a refiner's one encoder gets ``prompt``)
         texts = [_texts(job.negatives, job.prompts, job), _texts(job.negatives_2, job.prompts_2, job)]
-        return _tokenize([(tokenizer, t) for (_, tokenizer), t in zip(self.encoders, texts)], job.weighting)
+        return self.text.tokenize(texts[:len(self.text.encoders)], job.weighting)
 
     def encode(self, tokens: Tokens, job: Job) -> Conditioning:
-        count, n = len(tokens.prompts) // len(self.encoders), tokens.chunks
+        encoders = self.text.encoders
+        count = len(tokens.prompts) // len(encoders)
         hidden, pooled = [], None
-        for k, (component, _) in enumerate(self.encoders):
-            h, out = _encode(self.backend, component.name, tokens.prompts[k * count:(k + 1) * count], n, job.clip_skip)
+        for k, (component, _, _) in enumerate(encoders):
+            prompts = tokens.prompts[k * count:(k + 1) * count]
+            h, out = _encode(self.backend, component.name, prompts, tokens.chunks, job.clip_skip, tokens.vectors[k])
             hidden.append(h)
             if "pooled" in out:
-                pooled = out["pooled"].astype(np.float32).reshape(count, n, -1)[:, 0]
+                pooled = out["pooled"].astype(np.float32).reshape(count, tokens.chunks, -1)[:, 0]
         hidden = np.concatenate(hidden, axis=-1)
         negatives = len(job.negatives) if job.do_cfg else 0
         if negatives and self.manifest.zero_empty_negative:
@@ -99,36 +141,46 @@ def _texts(negatives: list[str], prompts: list[str], job: Job) -> list[str]:
     return [remove_tags(text) for text in (negatives + prompts if job.do_cfg else prompts)]
 
 
-def _tokenize(encoders: list[tuple[ClipTokenizer, list[str]]], weighting: bool) -> Tokens:
-    """Each encoder's texts in 75-token chunks, every prompt padded to the longest with the empty prompt's chunks
-    (as AUTOMATIC1111), listed encoder by encoder."""
-    per_encoder = [[tokenize_prompt(tokenizer, text, weighting) for text in texts] for tokenizer, texts in encoders]
-    n = max(len(p) for prompts in per_encoder for p in prompts)
-    if n > 1:
-        empties = [tokenize_prompt(tokenizer, "", weighting) for tokenizer, _ in encoders]
-        per_encoder = [[p.padded(n, empty) for p in prompts] for prompts, empty in zip(per_encoder, empties)]
-    return Tokens([p for prompts in per_encoder for p in prompts], n)
-
-
-def _encode(backend: Backend, component: str, prompts: list[PromptChunks], chunks: int,
-            clip_skip: int | None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+def _encode(backend: Backend, component: str, prompts: list[PromptChunks], chunks: int, clip_skip: int | None,
+            vectors: np.ndarray | None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """One text encoder's hidden states [prompts, 77·chunks, D], every chunk run at once and weighted as
     AUTOMATIC1111 weighs it, and the encoder's outputs as they came (a pooled one among them)."""
-    inputs = {"input_ids": np.concatenate([p.ids for p in prompts])}
+    ids = np.concatenate([p.ids for p in prompts])
+    inputs = {"input_ids": ids}
     if clip_skip is not None:  # exports from before CLIP skip take the ids alone
         inputs["clip_skip"] = np.array([clip_skip], dtype=np.int32)
+    if vectors is not None:  # exports from before textual inversion take no vectors
+        inputs["input_ids"], inputs["embedding_vectors"] = _used_vectors(ids, vectors)
     out = backend.run(component, inputs)
     hidden = out["last_hidden_state"].astype(np.float32).reshape(len(prompts), chunks, *out["last_hidden_state"].shape[1:])
     hidden = np.stack([apply_weights(h, p.weights) for h, p in zip(hidden, prompts)])
     return hidden.reshape(len(prompts), chunks * hidden.shape[2], hidden.shape[3]), out
 
 
+def _used_vectors(ids: np.ndarray, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The ids renumbered to read only the vectors they use, and those vectors (one zero row when none is used:
+    the graph's input is never empty)."""
+    negative = ids < 0
+    used = np.unique(-ids[negative] - 1)
+    if not len(used):
+        return ids, np.zeros((1, vectors.shape[1]), np.float32)
+    renumbered = ids.copy()
+    renumbered[negative] = -np.searchsorted(used, -ids[negative] - 1) - 1
+    return renumbered, vectors[used]
+
+
+def _vector_width(manifest: Manifest, component: TextEncoder) -> int | None:
+    spec = manifest.components.get(component.name)
+    names = {t.name: t for t in spec.inputs} if spec else {}
+    return names["embedding_vectors"].shape[1] if "embedding_vectors" in names else None
+
+
 CONDITIONERS = {"sd1": ClipConditioner, "sd2": ClipConditioner, "sdxl": SdxlConditioner, "sdxl-refiner": SdxlConditioner}
 
 
-def conditioner_for(folder, manifest: Manifest, backend: Backend):
+def conditioner_for(folder, manifest: Manifest, backend: Backend, embeddings: EmbeddingLibrary | None = None):
     try:
-        return CONDITIONERS[manifest.family](folder, manifest, backend)
+        return CONDITIONERS[manifest.family](folder, manifest, backend, embeddings)
     except KeyError:
         raise ManifestError(f"{folder} holds a {manifest.family!r} model, which this sdrt cannot run yet "
                             f"(it runs {', '.join(CONDITIONERS)})") from None

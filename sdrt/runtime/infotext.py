@@ -100,3 +100,10 @@ def lora_parameters(chosen) -> dict[str, object]:
     if not chosen:
         return {}
     return {"Lora hashes": '"' + ", ".join(f"{c.lora.name}: {c.lora.short_hash}" for c in chosen) + '"'}
+
+
+def embedding_parameters(embeddings) -> dict[str, object]:
+    """AUTOMATIC1111's ``TI hashes: "name: hash, …"`` of the textual-inversion embeddings a call's prompts use."""
+    if not embeddings:
+        return {}
+    return {"TI hashes": '"' + ", ".join(f"{e.name}: {e.short_hash}" for e in embeddings) + '"'}

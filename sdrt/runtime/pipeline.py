@@ -22,12 +22,14 @@ from PIL import Image
 from ..components import UNET, VAE_DECODER, VAE_ENCODER, RunShape
 from ..errors import ManifestError, SdrtError, UserInputError
 from ..lora.factors import FactorMaker, LoraChoice
+from ..embeddings.files import Embedding
+from ..embeddings.library import EmbeddingLibrary
 from ..lora.library import LoraLibrary
 from ..manifest import Manifest, load_manifest
 from . import images as imageio
 from .backends import Backend, create_backend
 from .conditioning import Conditioning, conditioner_for
-from .infotext import image_parameters, lora_parameters
+from .infotext import embedding_parameters, image_parameters, lora_parameters
 from .noise import GeneratorKind
 from .request import Job, StepCallback, make_job
 from .schedulers import Scheduler, default_sampler, make_scheduler
@@ -61,27 +63,33 @@ class Pipeline:
     """``Pipeline.load(folder, backend=...)`` then call it like a diffusers pipeline."""
 
     def __init__(self, folder: Path, manifest: Manifest, backend: Backend, refiner: Pipeline | None = None,
-                 loras: LoraLibrary | None = None):
+                 loras: LoraLibrary | None = None, embeddings: EmbeddingLibrary | None = None):
         self.folder, self.manifest, self.backend = folder, manifest, backend
         self.loras = loras or LoraLibrary()
         self._lora_factors = FactorMaker(manifest)
         self._bind_loras(())
-        self.conditioner = conditioner_for(folder, manifest, backend)
+        self.conditioner = conditioner_for(folder, manifest, backend, embeddings)
         self.refiner = refiner  # an SDXL refiner that can take over the end of the schedule
         # the scheduler the model ships with (its scheduler_config class) names the default sampler
         self.default_sampler = default_sampler(manifest.scheduler_config)
 
     @classmethod
     def load(cls, folder: str | Path, backend: str | Backend = "onnxruntime", refiner: str | Path | None = None,
-             lora_dir: str | Path | None = None, allow_pickle: bool = False) -> Pipeline:
+             lora_dir: str | Path | None = None, embeddings_dir: str | Path | None = None,
+             allow_pickle: bool = False) -> Pipeline:
         """``refiner``: the export of an SDXL refiner, run on the same kind of backend, for ``refiner_switch_at``.
         ``lora_dir``: where ``<lora:NAME:WEIGHT>`` tags and ``loras={NAME: WEIGHT}`` find LoRAs (default: the export's
-        ``loras`` folder, when it has one); ``allow_pickle`` lets pickle LoRA files (.pt) be read."""
+        ``loras`` folder, when it has one); ``embeddings_dir``: the textual-inversion embeddings that prompts name
+        (default: the export's ``embeddings`` folder, when it has one); ``allow_pickle`` lets pickle LoRA and
+        embedding files (.pt, .bin) be read."""
         folder = Path(folder)
         manifest = load_manifest(folder)
         if lora_dir is None and (folder / "loras").is_dir():
             lora_dir = folder / "loras"
+        if embeddings_dir is None and (folder / "embeddings").is_dir():
+            embeddings_dir = folder / "embeddings"
         library = LoraLibrary(lora_dir, allow_pickle)
+        embeddings = EmbeddingLibrary(embeddings_dir, allow_pickle)
         engine = create_backend(backend, manifest) if isinstance(backend, str) else backend
         engine.load(folder, manifest)
         log.debug("backend: %s on %s", engine.name, engine.device)
@@ -91,7 +99,13 @@ class Pipeline:
             if second.manifest.latent_channels != manifest.latent_channels or second.refiner is not None:
                 second.close()
                 raise UserInputError(f"{refiner} cannot refine {folder}'s latents (an SDXL refiner refines an SDXL base)")
-        return cls(folder, manifest, engine, second, library)
+        return cls(folder, manifest, engine, second, library, embeddings)
+
+    def textual_inversions(self) -> tuple[dict[str, Embedding], dict[str, Embedding]]:
+        """The embeddings folder's embeddings by name: those that fit this model's text encoders, and the others."""
+        text = self.conditioner.text
+        found, _ = text.embeddings.scan()
+        return ({n: e for n, e in found.items() if text.fits(e)}, {n: e for n, e in found.items() if not text.fits(e)})
 
     def close(self) -> None:
         self.backend.close()
@@ -163,7 +177,8 @@ class Pipeline:
         ``denoising_start`` hand-over; ``aesthetic_score`` / ``negative_aesthetic_score`` condition a refiner.
 
         ``loras`` ({name or file: weight}) and the prompts' ``<lora:NAME:WEIGHT>`` tags apply LoRAs to this call
-        alone (the base model's, not a refiner's), as AUTOMATIC1111 computes them."""
+        alone (the base model's, not a refiner's), as AUTOMATIC1111 computes them. The name of a textual-inversion
+        embedding of the embeddings folder in a prompt stands for its vectors, as in AUTOMATIC1111."""
         job = make_job(self, prompt, negative_prompt, num_inference_steps, guidance_scale, height, width, seed,
                        scheduler, num_images, latents, callback, noise, image, mask_image, strength, outpaint,
                        inpaint_mode, weighting, eta, s_noise, clip_skip, prompt_2, negative_prompt_2, aesthetic_score,
@@ -171,7 +186,7 @@ class Pipeline:
         switch, extra = self._check_refiner(refiner_switch_at, job)
         chosen = self.loras.choose(job.prompts, loras)
         self._bind_loras(chosen)
-        extra |= lora_parameters(chosen)
+        extra |= lora_parameters(chosen) | embedding_parameters(self.conditioner.tokenize(job).embeddings)
         if switch is not None:  # the base down to the switch, the refiner from there, and its VAE
             final, timings = self._txt2img(job, end=switch)
             final, refined = self.refiner._refine(job, final, start=switch)

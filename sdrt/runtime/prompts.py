@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..embeddings.files import Embedding
+from ..embeddings.library import NO_MATCHES, Matcher
 from .tokenizer import ClipTokenizer
 
 ROUND_BRACKET_MULTIPLIER = 1.1
@@ -101,8 +103,9 @@ class PromptChunks:
     """A prompt as ``[chunks, 77]`` token ids (BOS, 75 tokens, EOS, padding as the model's tokenizer pads) and the
     weight of each position (1 for BOS, EOS and padding)."""
 
-    ids: np.ndarray  # int32 [C, 77]
+    ids: np.ndarray  # int32 [C, 77]; −k−1: row k of the textual-inversion vectors (embeddings.library.Matcher)
     weights: np.ndarray  # float32 [C, 77]
+    embeddings: tuple[Embedding, ...] = ()  # the textual-inversion embeddings the prompt uses
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -110,15 +113,17 @@ class PromptChunks:
     def padded(self, n: int, empty: PromptChunks) -> PromptChunks:
         """These chunks followed by copies of ``empty`` (the empty prompt's one chunk) up to ``n`` chunks."""
         extra = n - len(self)
-        return PromptChunks(
-            np.concatenate([self.ids] + [empty.ids] * extra), np.concatenate([self.weights] + [empty.weights] * extra)
-        )
+        return PromptChunks(np.concatenate([self.ids] + [empty.ids] * extra),
+                            np.concatenate([self.weights] + [empty.weights] * extra), self.embeddings)
 
 
-def tokenize_prompt(tokenizer: ClipTokenizer, text: str, weighting: bool = True) -> PromptChunks:
+def tokenize_prompt(tokenizer: ClipTokenizer, text: str, weighting: bool = True,
+                    embeddings: Matcher = NO_MATCHES) -> PromptChunks:
     """Token ids and weights of ``text`` in chunks of 75 tokens, as AUTOMATIC1111's ``tokenize_line``: a chunk that
     fills up mid-phrase ends after the last comma within ``COMMA_PADDING_BACKTRACK`` tokens, and ``BREAK`` pads the
-    current chunk out. ``weighting=False`` reads brackets as plain text (diffusers' behaviour)."""
+    current chunk out. ``weighting=False`` reads brackets as plain text (diffusers' behaviour). The name of a
+    textual-inversion embedding in ``embeddings`` becomes its vectors, in the current chunk where they fit, else in
+    the next."""
     window = tokenizer.max_tokens  # 75
     parsed = parse_prompt_attention(text) if weighting else [(text, 1.0)]
     comma = tokenizer.tokens(",")[0]
@@ -126,6 +131,7 @@ def tokenize_prompt(tokenizer: ClipTokenizer, text: str, weighting: bool = True)
     tokens: list[int] = []
     weights: list[float] = []
     last_comma = -1
+    used: dict[str, Embedding] = {}
 
     def next_chunk() -> None:
         nonlocal tokens, weights, last_comma
@@ -136,7 +142,9 @@ def tokenize_prompt(tokenizer: ClipTokenizer, text: str, weighting: bool = True)
         if (piece, weight) == BREAK:
             next_chunk()
             continue
-        for token in tokenizer.tokens(piece):
+        piece_tokens, position = tokenizer.tokens(piece), 0
+        while position < len(piece_tokens):
+            token = piece_tokens[position]
             if token == comma:
                 last_comma = len(tokens)
             elif len(tokens) == window and last_comma != -1 and len(tokens) - last_comma <= COMMA_PADDING_BACKTRACK:
@@ -148,8 +156,19 @@ def tokenize_prompt(tokenizer: ClipTokenizer, text: str, weighting: bool = True)
                 tokens, weights = list(moved[0]), list(moved[1])
             if len(tokens) == window:
                 next_chunk()
-            tokens.append(token)
-            weights.append(weight)
+            found = embeddings.find(piece_tokens, position)
+            if found is None:
+                tokens.append(token)
+                weights.append(weight)
+                position += 1
+                continue
+            embedding, spanned = found
+            if len(tokens) + embedding.count > window:
+                next_chunk()
+            tokens += embeddings.ids(embedding)
+            weights += [weight] * embedding.count
+            used[embedding.name] = embedding
+            position += spanned
     if tokens or not chunks:
         next_chunk()
 
@@ -160,7 +179,7 @@ def tokenize_prompt(tokenizer: ClipTokenizer, text: str, weighting: bool = True)
         row = [spec.bos_token_id, *toks, spec.eos_token_id]
         ids[i, : len(row)] = row
         w[i, 1 : 1 + len(ws)] = ws
-    return PromptChunks(ids, w)
+    return PromptChunks(ids, w, tuple(used.values()))
 
 
 def apply_weights(hidden: np.ndarray, weights: np.ndarray) -> np.ndarray:

@@ -270,14 +270,23 @@ def response(request: _Common, sampling: Sampling, result: GenerationResult, mod
 
 
 # GET routes clients call at start-up, answered in A1111's shapes; empty since sdrt has nothing of these kinds
-# (upscalers, hires fix's latent upscaling, extra VAEs, hypernetworks, face restoration, styles, scripts, LoRAs and
-# embeddings).
+# (upscalers, hires fix's latent upscaling, extra VAEs, hypernetworks, face restoration, styles, scripts).
 EMPTY_LISTINGS: dict[str, Any] = {
     "/sdapi/v1/upscalers": [], "/sdapi/v1/latent-upscale-modes": [], "/sdapi/v1/sd-vae": [],
     "/sdapi/v1/hypernetworks": [], "/sdapi/v1/face-restorers": [], "/sdapi/v1/realesrgan-models": [],
-    "/sdapi/v1/prompt-styles": [], "/sdapi/v1/embeddings": {"loaded": {}, "skipped": {}},
+    "/sdapi/v1/prompt-styles": [],
     "/sdapi/v1/scripts": {"txt2img": [], "img2img": []}, "/sdapi/v1/script-info": [],
 }
+
+
+def embedding_listing(fitting: dict, others: dict) -> dict:
+    """A1111's EmbeddingsResponse: the embeddings this model can use ("loaded") and those of another model's text
+    encoders ("skipped"), each with its width (SDXL: both encoders' together) and vector count."""
+    def item(e) -> dict:
+        return {"step": e.step, "sd_checkpoint": None, "sd_checkpoint_name": None,
+                "shape": sum(v.shape[1] for v in e.vectors.values()), "vectors": e.count}
+
+    return {"loaded": {n: item(e) for n, e in fitting.items()}, "skipped": {n: item(e) for n, e in others.items()}}
 
 
 def memory() -> dict:

@@ -192,6 +192,16 @@ def create_app(folder: str | Path, options: ServeOptions = ServeOptions(), limit
     async def refresh_loras():
         return None  # the folder is read on every request and every listing
 
+    @app.get("/sdapi/v1/embeddings")
+    async def embeddings():
+        """The embeddings folder's textual inversions (a prompt uses one by its name)."""
+        service = get_service()
+        return a1111.embedding_listing(*(service.pipe.textual_inversions() if service.ready else ({}, {})))
+
+    @app.post("/sdapi/v1/refresh-embeddings")
+    async def refresh_embeddings():
+        return None  # the folder is read on every request and every listing
+
     @app.get("/sdapi/v1/options")
     async def get_options():
         return _options(get_service())

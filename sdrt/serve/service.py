@@ -32,6 +32,7 @@ class ServeOptions:
     warmup: bool = True  # one small run at start-up, so /ready means warm
     refiner: str | None = None  # an SDXL refiner's export, used by requests that name it
     lora_dir: str | None = None  # where prompts' <lora:NAME:WEIGHT> tags find LoRAs (default: the export's loras/)
+    embeddings_dir: str | None = None  # the textual inversions prompts name (default: the export's embeddings/)
 
 
 @dataclass
@@ -95,7 +96,7 @@ class Service:
     def _load(self) -> None:
         try:
             pipe = Pipeline.load(self.folder, backend=self.options.backend, refiner=self.options.refiner,
-                                 lora_dir=self.options.lora_dir)
+                                 lora_dir=self.options.lora_dir, embeddings_dir=self.options.embeddings_dir)
             calls = self.metrics.component_calls
             pipe.backend.observers.append(lambda component, seconds: calls.labels(component).inc())
             if self.options.warmup:
