@@ -124,6 +124,8 @@ def test_loras_that_do_not_fit_say_why(tiny, loras, tmp_path, caplog):
         tiny(PROMPT + " <lora:c:1>", seed=1, **KW)
     with pytest.raises(UserInputError, match="two weights"):
         tiny(PROMPT + " <lora:a:1>", loras={"a": 0.5}, seed=1, **KW)
+    with pytest.raises(UserInputError, match="weight of LoRA a is 'strong'"):
+        tiny(PROMPT, loras={"a": "strong"}, seed=1, **KW)
     (tmp_path / "old.pt").write_bytes(b"not read")
     with pytest.raises(UserInputError, match="pickle"):
         tiny(PROMPT, loras={str(tmp_path / "old.pt"): 1}, seed=1, **KW)

@@ -51,9 +51,16 @@ class LoraLibrary:
         with other weights is an error."""
         wanted: dict[str, tuple[float, float]] = {}
         given = [tag for p in prompts for tag in read_tags(p)]
-        given += [(name, float(w), float(w)) for name, w in (loras or {}).items()]
+        given += [(name, _weight(name, w), _weight(name, w)) for name, w in (loras or {}).items()]
         for name, te, unet in given:
             if wanted.setdefault(name, (te, unet)) != (te, unet):
                 raise UserInputError(f"LoRA {name} is asked for with two weights ({wanted[name]} and {(te, unet)}); "
                                      "give it once")
         return tuple(LoraChoice(self.read(name), te, unet) for name, (te, unet) in wanted.items() if te or unet)
+
+
+def _weight(name: str, weight) -> float:
+    try:
+        return float(weight)
+    except (TypeError, ValueError):
+        raise UserInputError(f"the weight of LoRA {name} is {weight!r}; give a number, such as 0.8") from None
