@@ -87,8 +87,6 @@ class EmbeddingLibrary:
 
 
 def _make_matcher(tokenizer, fitting: dict[str, tuple[Embedding, np.ndarray]], width: int) -> Matcher:
-    if not fitting:
-        return NO_MATCHES
     rows, by_first, start = {}, {}, 0
     for name, (embedding, vectors) in fitting.items():
         ids = tuple(tokenizer.tokens(name))

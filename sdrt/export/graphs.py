@@ -43,17 +43,15 @@ class ComponentGraph:
 
 class TokenTable(torch.nn.Module):
     """The encoder's token embedding, extended by the textual-inversion vectors of a call: token id −k−1 reads row k
-    of ``vectors`` (set by ``TextEncoderGraph`` for the call). Negative ids leave the EOS token the highest id, so
-    the pooled output stays at EOS (as AUTOMATIC1111's placeholder tokens do). Outside its graph: the plain table."""
+    of ``vectors``. Negative ids leave the EOS token the highest id, so the pooled output stays at EOS (as
+    AUTOMATIC1111's placeholder tokens do)."""
 
-    def __init__(self, table: torch.nn.Embedding):
+    def __init__(self, table: torch.nn.Embedding, vectors: torch.Tensor):
         super().__init__()
-        self.table, self.vectors = table, None
+        self.table, self.vectors = table, vectors
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         own = self.table(ids.clamp(min=0))
-        if self.vectors is None:
-            return own
         rows = (-ids - 1).clamp(0, self.vectors.shape[0] - 1)
         return torch.where((ids < 0).unsqueeze(-1), self.vectors.to(own.dtype)[rows], own)
 
@@ -68,17 +66,15 @@ class TextEncoderGraph(torch.nn.Module):
     def __init__(self, encoder: torch.nn.Module, spec: TextEncoderSpec):
         super().__init__()
         self.encoder, self.spec = encoder, spec
-        embeddings = _text_model(encoder).embeddings
-        if not isinstance(embeddings.token_embedding, TokenTable):
-            embeddings.token_embedding = TokenTable(embeddings.token_embedding)
-        self.tokens = embeddings.token_embedding
 
     def forward(self, input_ids: torch.Tensor, clip_skip: torch.Tensor, embedding_vectors: torch.Tensor):
-        self.tokens.vectors = embedding_vectors
+        embeddings = _text_model(self.encoder).embeddings
+        plain = embeddings.token_embedding  # swapped for this call only: the network stays diffusers' own
+        embeddings.token_embedding = TokenTable(plain, embedding_vectors)
         try:
             out = self.encoder(input_ids.to(torch.int64), output_hidden_states=True)
         finally:
-            self.tokens.vectors = None
+            embeddings.token_embedding = plain
         layers = torch.stack(out.hidden_states[1:])  # [layers, B, T, D], each before the final LayerNorm
         from_end = clip_skip.to(torch.int64) + (0 if self.spec.hidden_state == "last" else 1)
         index = (layers.shape[0] - from_end).clamp(0, layers.shape[0] - 1)
