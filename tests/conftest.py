@@ -11,16 +11,20 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is ever downloaded
 
 @pytest.fixture(scope="session")
 def export_dir(tmp_path_factory):
-    """Export a built-in model once per session: ``export_dir("tiny", fp16=False)`` → folder."""
+    """Export a built-in model once per session: ``export_dir("tiny", fp16=False)`` → folder. ``lora``: with LoRA
+    sites, by default in fp32 only: no test of fp16 graphs needs them, and graphs with sites take ~6× longer to build
+    with TensorRT and to compile with OpenVINO (engines with LoRA inputs are tested on the fp32 text encoder)."""
     from sdrt.export import export
 
     made = {}
 
-    def get(model: str = "tiny", fp16: bool = False):
-        key = (model, fp16)
+    def get(model: str = "tiny", fp16: bool = False, lora: bool | None = None):
+        lora = not fp16 if lora is None else lora
+        key = (model, fp16, lora)
         if key not in made:
-            out = tmp_path_factory.mktemp(f"{model}-{'fp16' if fp16 else 'fp32'}") / "export"
-            export(model, out, fp16=fp16)
+            name = f"{model}-{'fp16' if fp16 else 'fp32'}{'' if lora else '-nolora'}"
+            out = tmp_path_factory.mktemp(name) / "export"
+            export(model, out, fp16=fp16, lora=lora)
             made[key] = out
         return made[key]
 

@@ -1,18 +1,16 @@
-"""The shipped `shapes` model draws what it is told, through the exported graphs and the lean runtime."""
+"""The shipped `shapes` model draws what it is told, through the exported graphs and the lean runtime.
 
-import pytest
+ONNX Runtime's fp32 and fp16 graphs are held to the same 8/9 by the benchmark's quality rows
+(tests/test_benchmarks.py); here, OpenVINO on the fp16 graphs, the path furthest from PyTorch."""
 
 from sdrt.runtime import Pipeline
-from sdrt.runtime.backends import CPU_BACKENDS
 from sdrt.shapes import CHECKS, adherence, caption
 
 STEPS, GUIDANCE = 25, 5.0
 
 
-@pytest.mark.parametrize("backend", CPU_BACKENDS)
-@pytest.mark.parametrize("fp16", [False, True], ids=["fp32", "fp16"])
-def test_prompt_adherence(export_dir, backend, fp16):
-    with Pipeline.load(export_dir("shapes", fp16), backend=backend) as pipe:
+def test_prompt_adherence_on_openvino_fp16_graphs(export_dir):
+    with Pipeline.load(export_dir("shapes", fp16=True), backend="openvino") as pipe:
         images = [
             pipe(caption(*triple), num_inference_steps=STEPS, guidance_scale=GUIDANCE, scheduler="dpm++2m", seed=1 + i).images[0]
             for i, triple in enumerate(CHECKS)

@@ -194,7 +194,8 @@ def test_cli_exports_a_checkpoint(tiny, tmp_path):
     arch, _, path = tiny
     if arch != "tiny":
         pytest.skip("one family is enough for the end-to-end run")
-    proc = subprocess.run([sys.executable, "-m", "sdrt.cli", "export", str(path), str(tmp_path / "out"), "--arch", arch],
+    proc = subprocess.run([sys.executable, "-m", "sdrt.cli", "export", str(path), str(tmp_path / "out"), "--arch", arch,
+                           "--no-lora"],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     manifest = load_manifest(tmp_path / "out")
