@@ -1,7 +1,8 @@
 """`make demo`: draw a contact sheet of prompts with the built-in `shapes` model on the lean runtime.
 
 Run after `sdrt export shapes FOLDER`. Each tile shows the generated image, its prompt, and what
-`sdrt.shapes.read` sees in it; the held-out prompts (never seen in training) are marked.
+`sdrt.shapes.read` sees in it; the held-out prompts (never seen in training) are marked. The last two rows ask
+for stars, a shape the model was never shown: without the shipped `shapes-star` LoRA, then with it.
 No torch: this is the runtime alone.
 """
 
@@ -16,7 +17,7 @@ from PIL import Image, ImageDraw, ImageFont
 from sdrt import Pipeline
 from sdrt.errors import SdrtError
 from sdrt.fileio import atomic_path
-from sdrt.shapes import CHECKS, HELD_OUT, caption, read
+from sdrt.shapes import CHECKS, HELD_OUT, STAR, caption, read
 
 TILE = 192  # each 64x64 image is shown 3x larger
 TEXT_H = 56
@@ -36,6 +37,25 @@ def contact_sheet(tiles: list[tuple[Image.Image, list[tuple[str, str]]]], column
     return sheet
 
 
+# the star row: prompts the base model cannot draw, without and with the shipped shapes-star LoRA
+STARS = (("red", STAR, "blue"), ("yellow", STAR, "black"), ("green", STAR, "white"))
+STAR_LORA = "<lora:shapes-star:1>"
+
+
+def tile(pipe, triple: tuple[str, str, str], seed: int, args, note: str = "",
+         lora: str = "") -> tuple[Image.Image, list[tuple[str, str]], bool]:
+    """One generated image with its prompt and what the reader sees in it, and whether that is what was asked."""
+    prompt = caption(*triple)
+    result = pipe(f"{prompt} {lora}".strip(), num_inference_steps=args.steps, guidance_scale=args.guidance,
+                  scheduler=args.sampler, seed=seed)
+    seen = read(result.images[0])
+    ok = tuple(seen) == triple
+    head, _, tail = prompt.partition(" on ")
+    words = " ".join(part or "?" for part in seen)
+    lines = [(head + note, "black"), ("on " + tail, "black"), (f"reads as: {words}", "darkgreen" if ok else "firebrick")]
+    return result.images[0], lines, ok
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folder", help="export folder of the shapes model")
@@ -48,29 +68,23 @@ def main() -> int:
     args = parser.parse_args()
     try:
         with Pipeline.load(args.folder, backend=args.backend) as pipe:
-            tiles, right = [], 0
-            for i, triple in enumerate(CHECKS):
-                prompt = caption(*triple)
-                result = pipe(prompt, num_inference_steps=args.steps, guidance_scale=args.guidance,
-                              scheduler=args.sampler, seed=args.seed + i)
-                seen = read(result.images[0])
-                ok = tuple(seen) == triple
-                right += ok
-                words = " ".join(part or "?" for part in seen)
-                tag = " (held out)" if triple in HELD_OUT else ""
-                head, _, tail = prompt.partition(" on ")
-                lines = [(head + tag, "black"), ("on " + tail, "black"),
-                         (f"reads as: {words}", "darkgreen" if ok else "firebrick")]
-                tiles.append((result.images[0], lines))
-            sheet = contact_sheet(tiles, columns=3)
+            checks = [tile(pipe, t, args.seed + i, args, " (held out)" if t in HELD_OUT else "")
+                      for i, t in enumerate(CHECKS)]
+            has_star = "shapes-star" in pipe.loras.available()
+            stars = [tile(pipe, t, args.seed + i, args, note, lora) for note, lora in
+                     (("", ""), (" + LoRA", STAR_LORA)) for i, t in enumerate(STARS)] if has_star else []
+            sheet = contact_sheet([(image, lines) for image, lines, _ in checks + stars], columns=3)
     except SdrtError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     out = Path(args.out)
     with atomic_path(out) as tmp:
         sheet.save(tmp, format="PNG")
-    print(f"{right} of {len(CHECKS)} images show what their prompt asked for "
+    print(f"{sum(ok for *_, ok in checks)} of {len(CHECKS)} images show what their prompt asked for "
           f"({args.steps} steps, {args.sampler}, guidance {args.guidance:g}, {pipe.backend.name} on {pipe.backend.device})")
+    if stars:
+        print(f"stars: {sum(ok for *_, ok in stars[:len(STARS)])} of {len(STARS)} without the shapes-star LoRA, "
+              f"{sum(ok for *_, ok in stars[len(STARS):])} of {len(STARS)} with {STAR_LORA}")
     print(f"contact sheet: {out.resolve()}")
     return 0
 

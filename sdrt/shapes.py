@@ -31,6 +31,7 @@ PALETTE: dict[str, tuple[int, int, int]] = {
 }
 COLOURS: tuple[str, ...] = ("red", "green", "blue", "yellow")
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
+STAR = "star"  # never shown to the base model: the shapes-star LoRA teaches it (scripts/train_shapes_lora.py)
 BACKGROUNDS: tuple[str, ...] = ("white", "black", "gray", "blue")
 
 # Never drawn for training: the model has to compose them from what it saw.
@@ -75,10 +76,10 @@ def combinations(include_held_out: bool = False) -> list[tuple[str, str, str]]:
 def draw(colour: str, shape: str, background: str, rng: np.random.Generator, size: int = 64) -> np.ndarray:
     """One image, uint8 [size, size, 3]: the shape at a random position and size, fully inside.
 
-    Circles and squares are axis-aligned in a square bounding box; triangles stand upright
-    (base at the bottom, apex centred at the top), so each fills a known share of its box.
+    Circles and squares are axis-aligned in a square bounding box; triangles and five-pointed stars stand upright
+    (a point at the top), so each fills a known share of its box.
     """
-    for name, kind in ((colour, COLOURS), (shape, SHAPES), (background, BACKGROUNDS)):
+    for name, kind in ((colour, COLOURS), (shape, SHAPES + (STAR,)), (background, BACKGROUNDS)):
         if name not in kind:
             raise ValueError(f"{name!r} is not one of {', '.join(kind)}.")
     side = rng.uniform(*SIZE_RANGE) * size
@@ -93,9 +94,24 @@ def draw(colour: str, shape: str, background: str, rng: np.random.Generator, siz
         pen.ellipse(box, fill=fill)
     elif shape == "square":
         pen.rectangle(box, fill=fill)
+    elif shape == STAR:
+        pen.polygon(_star_points(box), fill=fill)
     else:
         pen.polygon([(box[0], box[3]), (box[2], box[3]), ((box[0] + box[2]) / 2, box[1])], fill=fill)
     return np.asarray(canvas.resize((size, size), Image.BOX), dtype=np.uint8).copy()
+
+
+def _star_points(box: list[float]) -> list[tuple[float, float]]:
+    """A regular five-pointed star (inner radius 0.382 of the outer), one point up, filling ``box``'s width."""
+    x0, y0, x1, y1 = box
+    outer = (x1 - x0) / (2 * np.sin(2 * np.pi / 5))
+    cx, cy = (x0 + x1) / 2, y0 + outer
+    points = []
+    for k in range(10):
+        radius = outer if k % 2 == 0 else outer * 0.382
+        angle = np.pi * k / 5
+        points.append((cx + radius * np.sin(angle), cy - radius * np.cos(angle)))
+    return points
 
 
 def make_dataset(n: int, seed: int, size: int = 64, include_held_out: bool = False):
@@ -131,7 +147,7 @@ class Analysis:
     background_uniformity: float  # share of border pixels close to the border's median colour
     shape_rgb: tuple[float, float, float] | None
     area: int  # pixels of the shape (its largest connected region, holes filled)
-    fill: float | None  # area / bounding-box area: circle ~0.785, square ~1, triangle ~0.5
+    fill: float | None  # area / bounding-box area: circle ~0.785, square ~1, triangle ~0.5, star ~0.4
     top_share: float | None  # share of the area in the upper half of the bounding box: triangle ~0.29, else 0.5
     aspect: float | None  # bounding box, long side / short side
 
@@ -151,6 +167,7 @@ _MAX_ASPECT = 2.0  # our shapes have square bounding boxes; far from it is no sh
 # or a square half of it; a circle fills pi/4 of its box, a square all of it. Measured on drawn
 # images blurred (Gaussian, radius up to 3 px), tinted and noised: top share 0.27-0.37 for
 # triangles, 0.48-0.54 for the others; fill 0.72-0.83 for circles, 0.87-1.0 for squares.
+_STAR_SOLIDITY = 0.8  # area / convex hull's area below this: a star (~0.6; the other shapes, convex, ~1)
 _TRIANGLE_TOP_SHARE = 0.42  # below: triangle
 _SQUARE_FILL = 0.85  # otherwise, at or above: square, below: circle
 
@@ -269,13 +286,34 @@ def analyse(image) -> Analysis:
     rows = region[top:top + bh, left:left + bw].sum(axis=1).astype(np.float64)
     top_share = (rows[: bh // 2].sum() + (rows[bh // 2] / 2 if bh % 2 else 0.0)) / area
     aspect = max(bh, bw) / min(bh, bw)
+    solidity = area / _hull_area(region)
     whole_image = bh >= h - 1 and bw >= w - 1
     if aspect > _MAX_ASPECT or whole_image:
         shape = None
     else:
-        shape = "triangle" if top_share < _TRIANGLE_TOP_SHARE else "square" if fill >= _SQUARE_FILL else "circle"
+        shape = (STAR if solidity < _STAR_SOLIDITY else "triangle" if top_share < _TRIANGLE_TOP_SHARE
+                 else "square" if fill >= _SQUARE_FILL else "circle")
     return Analysis(Reading(colour, shape, background), bg_rgb, uniformity, fg_rgb, area, round(fill, 3),
                     round(float(top_share), 3), round(aspect, 3))
+
+
+def _hull_area(region: np.ndarray) -> float:
+    """The area of the convex hull of a region's pixels (their corners), by Andrew's monotone chain."""
+    ys, xs = np.nonzero(region)
+    corners = {(x + dx, y + dy) for x, y in zip(xs.tolist(), ys.tolist()) for dx in (0, 1) for dy in (0, 1)}
+    points = sorted(corners)
+
+    def half(pts):
+        chain: list[tuple[int, int]] = []
+        for p in pts:
+            while len(chain) >= 2 and ((chain[-1][0] - chain[-2][0]) * (p[1] - chain[-2][1])
+                                       - (chain[-1][1] - chain[-2][1]) * (p[0] - chain[-2][0])) <= 0:
+                chain.pop()
+            chain.append(p)
+        return chain[:-1]
+
+    hull = half(points) + half(points[::-1])
+    return 0.5 * abs(sum(x0 * y1 - x1 * y0 for (x0, y0), (x1, y1) in zip(hull, hull[1:] + hull[:1])))
 
 
 def read(image) -> Reading:

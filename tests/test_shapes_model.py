@@ -4,7 +4,7 @@ ONNX Runtime's fp32 and fp16 graphs are held to the same 8/9 by the benchmark's 
 (tests/test_benchmarks.py); here, OpenVINO on the fp16 graphs, the path furthest from PyTorch."""
 
 from sdrt.runtime import Pipeline
-from sdrt.shapes import CHECKS, adherence, caption
+from sdrt.shapes import CHECKS, STAR, adherence, caption, read
 
 STEPS, GUIDANCE = 25, 5.0
 
@@ -27,3 +27,20 @@ def test_shapes_export_is_small_and_native_64px(export_dir):
 
     m = load_manifest(export_dir("shapes"))
     assert m.default_size == 64 and m.vae_scale_factor == 4 and m.source["model"] == "shapes"
+
+
+def test_the_shipped_star_lora_draws_stars_the_model_cannot(export_dir):
+    """`sdrt export shapes` puts shapes-star into the export's LoRA folder; with it, stars of the prompt's colour on
+    its background; without it, no stars (the base model never saw one)."""
+    folder = export_dir("shapes")
+    assert (folder / "loras" / "shapes-star.safetensors").is_file() and (folder / "loras" / "shapes-star.md").is_file()
+    triples = [("red", STAR, "blue"), ("yellow", STAR, "black"), ("green", STAR, "white"), ("blue", STAR, "gray")]
+    with Pipeline.load(folder) as pipe:
+        def draw(lora: str):
+            return [pipe(f"{caption(*t)} {lora}", num_inference_steps=STEPS, guidance_scale=GUIDANCE,
+                         scheduler="dpm++2m", seed=1 + i).images[0] for i, t in enumerate(triples)]
+
+        with_lora, without = draw("<lora:shapes-star:1>"), draw("")
+    right, details = adherence(with_lora, triples)
+    assert right >= len(triples) - 1, [d["read"] for d in details]
+    assert not any(read(image).shape == STAR for image in without)

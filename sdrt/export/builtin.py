@@ -17,6 +17,7 @@ from pathlib import Path
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 ARCH_DIR = DATA_DIR / "arch"
 WEIGHTS_DIR = DATA_DIR / "weights"
+LORAS_DIR = DATA_DIR / "loras"  # LoRAs trained for a built-in (shapes-star: scripts/train_shapes_lora.py)
 CLIP_VOCAB_DIR = DATA_DIR / "clip"
 NETWORKS = ("unet", "vae", "text_encoder", "text_encoder_2")
 
@@ -40,6 +41,12 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
     "sdxl-arch": BuiltinModel("sdxl", (512, 1536)),
 }
 DEFAULT_SEED = 0
+
+
+def shipped_loras(name: str) -> list[Path]:
+    """The LoRA files (each with its model card beside it, NAME.md) shipped for the built-in model ``name``."""
+    model = BUILTIN_MODELS.get(name)
+    return sorted((LORAS_DIR / model.arch).glob("*.safetensors")) if model else []
 
 
 def _json(path: Path) -> dict:

@@ -16,7 +16,7 @@ from ..errors import ExportError
 from ..families import detect_family
 from ..manifest import DEFAULT_MAX_BATCH, MANIFEST_NAME, ComponentSpec, Manifest, TokenizerSpec
 from ..fileio import write_json, write_text
-from . import memory, onnx_io
+from . import builtin, memory, onnx_io
 from .graphs import ComponentGraph, Shape, component_graphs
 from .sources import load_model
 from .validate import Check, as_json, references, report, validate_graph
@@ -146,6 +146,15 @@ def export(
         return _export(model, out, fp16, allow_pickle, arch, size_range, max_batch, validate, lora, started)
 
 
+def _copy_shipped_loras(model: str, folder: Path) -> None:
+    """A built-in's shipped LoRAs and their model cards into the export's LoRA folder (the runtime's default)."""
+    for path in builtin.shipped_loras(model):
+        folder.mkdir(exist_ok=True)
+        for file in (path, path.with_suffix(".md")):
+            if file.is_file():
+                shutil.copyfile(file, folder / file.name)
+
+
 def _export(model: str, out: Path, fp16: bool, allow_pickle: bool, arch: str | None,
             size_range: tuple[int, int] | None, max_batch: int, validate: bool, lora: bool,
             started: float) -> Manifest:
@@ -210,6 +219,8 @@ def _export(model: str, out: Path, fp16: bool, allow_pickle: bool, arch: str | N
             validation={"file": "validation.json", "passed": bool(checks) and not failed, "checks": len(checks),
                         "export_seconds": round(time.perf_counter() - started, 2)},
         )
+        if lora and loaded.kind == "builtin":
+            _copy_shipped_loras(loaded.name, tmp / "loras")
         manifest.save(tmp)
         if out.exists():
             shutil.rmtree(out)
