@@ -95,7 +95,8 @@ class Pipeline:
         log.debug("backend: %s on %s", engine.name, engine.device)
         second = None
         if refiner is not None:
-            second = cls.load(refiner, backend if isinstance(backend, str) else engine.name)
+            second = cls.load(refiner, backend if isinstance(backend, str) else engine.name,
+                              embeddings_dir=embeddings_dir, allow_pickle=allow_pickle)  # the refiner reads them too
             if second.manifest.latent_channels != manifest.latent_channels or second.refiner is not None:
                 second.close()
                 raise UserInputError(f"{refiner} cannot refine {folder}'s latents (an SDXL refiner refines an SDXL base)")
