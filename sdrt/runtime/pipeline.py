@@ -21,9 +21,9 @@ from PIL import Image
 
 from ..components import UNET, VAE_DECODER, VAE_ENCODER, RunShape
 from ..errors import ManifestError, SdrtError, UserInputError
-from ..lora.factors import FactorMaker, LoraChoice
 from ..embeddings.files import Embedding
 from ..embeddings.library import EmbeddingLibrary
+from ..lora.factors import FactorMaker, LoraChoice
 from ..lora.library import LoraLibrary
 from ..manifest import Manifest, load_manifest
 from . import images as imageio
