@@ -162,4 +162,6 @@ class TorchRunner:
         return Output(final["latents"].numpy(), images, self.timer.summary(total))
 
     def close(self) -> None:
-        pass
+        # the pipeline goes now, not when the last reference to the runner does: the next backend of a one-at-a-time
+        # run loads while a loop variable may still hold this runner (sdxl-arch: 14 GB more, killed for memory)
+        self.pipe = None
