@@ -9,13 +9,13 @@ Embeddings stored inside PNG images (AUTOMATIC1111 can write those) are not read
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import UserInputError
+from ..fileio import sha256_file
 
 PICKLE_SUFFIXES = (".pt", ".bin")
 SUFFIXES = (".safetensors",) + PICKLE_SUFFIXES
@@ -61,7 +61,7 @@ def read_embedding(path: str | Path, allow_pickle: bool = False) -> Embedding:
     if any(v.ndim != 2 for v in vectors.values()) or len(counts) != 1 or not 0 < min(counts) <= 75:
         shapes = ", ".join(f"{k or 'vectors'} {list(v.shape)}" for k, v in vectors.items())
         raise UserInputError(f"{path.name}: an embedding is 1 to 75 vectors, as many for each text encoder ({shapes})")
-    return Embedding(path.stem, path, vectors, step, _sha256(path)[:12])
+    return Embedding(path.stem, path, vectors, step, sha256_file(path)[:12])
 
 
 def _numpy(value) -> np.ndarray | None:
@@ -94,10 +94,3 @@ def _read(path: Path, allow_pickle: bool) -> dict:
         raise UserInputError(f"{path.name} is not a textual-inversion embedding (it holds a {type(data).__name__})")
     return data
 
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
