@@ -32,6 +32,7 @@ class RunShape:
     width: int
     chunks: int = 1  # 75-token prompt chunks
     encodes_image: bool = False  # img2img / inpainting also run the VAE encoder
+    controlnets: tuple[str, ...] = ()  # the ControlNet components the call runs
 
 
 class Bounds(Protocol):
@@ -47,6 +48,7 @@ class Component:
 
     name = ""
     stage = ""
+    on_demand = False  # backends load it when a call first runs it, not with the export (ControlNets)
 
     def axes(self, bounds: Bounds, vae_factor: int) -> dict[str, Range]:
         """Each named axis of the graph's inputs as (min, opt, max) over ``bounds``."""
@@ -68,7 +70,39 @@ class Component:
 
 
 def _latent(bounds: Bounds, f: int) -> dict[str, Range]:
-    return {"h": tuple(v // f for v in bounds.height), "w": tuple(v // f for v in bounds.width)}
+    """The latent's axes, and those of the U-Net's coarser levels (``h_2`` = ⌈h/2⌉: a stride-2 convolution with
+    padding 1 halves an odd side upwards), which the ControlNet residuals have."""
+    axes = {"h": tuple(v // f for v in bounds.height), "w": tuple(v // f for v in bounds.width)}
+    for level in (2, 4, 8):
+        for axis in ("h", "w"):
+            axes[f"{axis}_{level}"] = tuple(-(-v // level) for v in axes[axis])
+    return axes
+
+
+def level_axes(level: int) -> tuple[str, str]:
+    """The named axes of the latent at U-Net level ``level`` (0: the latent's own; each level halves it)."""
+    return ("h", "w") if level == 0 else (f"h_{2 ** level}", f"w_{2 ** level}")
+
+
+def residual_specs(block_channels: tuple[int, ...], layers_per_block: int) -> tuple[TensorSpec, ...]:
+    """The ControlNet residuals a U-Net of these down blocks adds (diffusers' ``down_block_additional_residuals`` and
+    ``mid_block_additional_residual``): one after ``conv_in``, one after each resnet of each down block and after each
+    downsampler, and the mid block's, each at its level's size."""
+    levels = [(block_channels[0], 0)]
+    for i, channels in enumerate(block_channels):
+        levels += [(channels, i)] * layers_per_block
+        if i < len(block_channels) - 1:
+            levels.append((channels, i + 1))
+    specs = tuple(TensorSpec(f"down_block_residual_{k}", "float32", ("2B", c, *level_axes(level)))
+                  for k, (c, level) in enumerate(levels))
+    return specs + (TensorSpec(MID_RESIDUAL, "float32", ("2B", block_channels[-1], *level_axes(len(block_channels) - 1))),)
+
+
+MID_RESIDUAL = "mid_block_residual"
+
+
+def is_residual(name: str) -> bool:
+    return name.startswith("down_block_residual_") or name == MID_RESIDUAL
 
 
 class TextEncoder(Component):
@@ -97,9 +131,10 @@ class TextEncoder(Component):
 
 
 class Denoiser(Component):
-    """``sample`` [2B, C, h, w], ``timestep`` [2B] and the conditioning bundle (``encoder_hidden_states``
-    [2B, T, D] and the family's extras, all batched as the sample) → ``noise_pred``. 2B runs from the images of a
-    call without guidance to twice them with it (negatives and positives in one call); T = 77 per prompt chunk."""
+    """``sample`` [2B, C, h, w], ``timestep`` [2B], the conditioning bundle (``encoder_hidden_states``
+    [2B, T, D] and the family's extras, all batched as the sample) and the ControlNet residuals (zeros without
+    control) → ``noise_pred``. 2B runs from the images of a call without guidance to twice them with it (negatives
+    and positives in one call); T = 77 per prompt chunk. Exports from before ControlNet lack the residuals."""
 
     stage = "unet"
 
@@ -112,12 +147,41 @@ class Denoiser(Component):
                 "rank": LORA_RANKS, **_latent(bounds, vae_factor)}
 
     @staticmethod
-    def io(channels: int, out_channels: int, text_dim: int,
-           extras: tuple[TensorSpec, ...] = ()) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+    def io(channels: int, out_channels: int, text_dim: int, extras: tuple[TensorSpec, ...] = (),
+           residuals: tuple[TensorSpec, ...] = ()) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
         inputs = (TensorSpec("sample", "float32", ("2B", channels, "h", "w")),
                   TensorSpec("timestep", "float32", ("2B",)),
                   TensorSpec("encoder_hidden_states", "float32", ("2B", "T", text_dim))) + tuple(extras)
-        return inputs, (TensorSpec("noise_pred", "float32", ("2B", out_channels, "h", "w")),)
+        return inputs + tuple(residuals), (TensorSpec("noise_pred", "float32", ("2B", out_channels, "h", "w")),)
+
+
+class ControlNet(Denoiser):
+    """One ControlNet (``controlnet.NAME``): the U-Net's ``sample``, ``timestep`` and conditioning bundle, and
+    ``controlnet_cond`` [2B, 3, H, W] (the control image in [0, 1]) → the residuals the U-Net adds, unscaled (the
+    runtime scales them per step). Loaded and run only by calls that use it."""
+
+    stage = "controlnet"
+    on_demand = True
+    PREFIX = "controlnet."
+
+    def __init__(self, name: str):
+        self.name = name
+
+    @property
+    def model(self) -> str:
+        return self.name[len(self.PREFIX):]
+
+    def axes(self, bounds: Bounds, vae_factor: int) -> dict[str, Range]:
+        return {**super().axes(bounds, vae_factor), "H": bounds.height, "W": bounds.width}
+
+    def runs_in(self, shape: RunShape) -> bool:
+        return self.name in shape.controlnets
+
+    @staticmethod
+    def io(channels: int, text_dim: int, extras: tuple[TensorSpec, ...],
+           residuals: tuple[TensorSpec, ...]) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+        inputs, _ = Denoiser.io(channels, channels, text_dim)
+        return inputs + (TensorSpec("controlnet_cond", "float32", ("2B", 3, "H", "W")),) + tuple(extras), residuals
 
 
 class VaeDecoder(Component):
@@ -160,10 +224,17 @@ COMPONENTS: dict[str, Component] = {c.name: c for c in (TEXT_ENCODER, TEXT_ENCOD
 
 def describe(name: str) -> Component:
     """The description of the component called ``name`` in a manifest."""
+    if name.startswith(ControlNet.PREFIX):
+        return ControlNet(name)
     try:
         return COMPONENTS[name]
     except KeyError:
         raise KeyError(f"no component description for {name!r} (known: {', '.join(COMPONENTS)})") from None
+
+
+def controlnet_names(manifest: Manifest) -> list[str]:
+    """The export's ControlNets, by name."""
+    return [ControlNet(c).model for c in manifest.components if c.startswith(ControlNet.PREFIX)]
 
 
 def run_components(manifest: Manifest, shape: RunShape) -> list[str]:

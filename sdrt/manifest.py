@@ -68,6 +68,7 @@ class Manifest:
     tools: dict[str, str]
     text_layers: int = 0  # hidden layers of the text encoder, the most CLIP skip can count back (0: not recorded)
     zero_empty_negative: bool = False  # no negative prompt conditions with zeros (SDXL's force_zeros_for_empty_prompt)
+    unet_config: dict[str, Any] = field(default_factory=dict)  # diffusers' U-Net config: a single-file ControlNet's
     validation: dict[str, Any] = field(default_factory=dict)
     engines: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION

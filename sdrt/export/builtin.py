@@ -18,6 +18,7 @@ DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 ARCH_DIR = DATA_DIR / "arch"
 WEIGHTS_DIR = DATA_DIR / "weights"
 LORAS_DIR = DATA_DIR / "loras"  # LoRAs trained for a built-in (shapes-star: scripts/train_shapes_lora.py)
+CONTROLNETS_DIR = DATA_DIR / "controlnets"  # ControlNets trained for a built-in (silhouette: scripts/train_shapes_controlnet.py)
 CLIP_VOCAB_DIR = DATA_DIR / "clip"
 NETWORKS = ("unet", "vae", "text_encoder", "text_encoder_2")
 
@@ -47,6 +48,13 @@ def shipped_loras(name: str) -> list[Path]:
     """The LoRA files (each with its model card beside it, NAME.md) shipped for the built-in model ``name``."""
     model = BUILTIN_MODELS.get(name)
     return sorted((LORAS_DIR / model.arch).glob("*.safetensors")) if model else []
+
+
+def shipped_controlnets(name: str) -> list[tuple[str, Path]]:
+    """The ControlNets (diffusers folders, each with its model card README.md) shipped for the built-in ``name``."""
+    model = BUILTIN_MODELS.get(name)
+    folder = CONTROLNETS_DIR / model.arch if model else None
+    return [(p.name, p) for p in sorted(folder.iterdir()) if (p / "config.json").is_file()] if folder and folder.is_dir() else []
 
 
 def _json(path: Path) -> dict:

@@ -17,6 +17,7 @@ from ..families import detect_family
 from ..manifest import DEFAULT_MAX_BATCH, MANIFEST_NAME, ComponentSpec, Manifest, TokenizerSpec
 from ..fileio import write_json, write_text
 from . import builtin, memory, onnx_io
+from .controlnet import add_controlnets, parse_source
 from .graphs import ComponentGraph, Shape, component_graphs
 from .sources import load_model
 from .validate import Check, as_json, references, report, validate_graph
@@ -92,10 +93,11 @@ def _model_facts(pipe, family) -> dict:
         # CLIP skip counts back from each encoder's own layer (SDXL's is the penultimate one)
         "text_layers": min(getattr(pipe, t.component).config.num_hidden_layers - (t.hidden_state != "last")
                            for t in family.text_encoders),
+        "unet_config": {k: v for k, v in dict(pipe.unet.config).items() if not k.startswith("_")},
     }
 
 
-def _export_graph(graph: ComponentGraph, folder: Path, precision: str, size_range: tuple[int, int], scale: int,
+def export_graph(graph: ComponentGraph, folder: Path, precision: str, size_range: tuple[int, int], scale: int,
                   validate: bool, release: Callable[[], None] | None) -> tuple[ComponentSpec, list[Check]]:
     """Trace, convert and check one graph. Its module computes in fp32 (an fp16 export loaded its weights rounded to
     fp16: what the graph will hold); ``release`` frees the network once PyTorch's part is done, before ONNX
@@ -132,18 +134,21 @@ def export(
     max_batch: int = DEFAULT_MAX_BATCH,
     validate: bool = True,
     lora: bool = True,
+    controlnets: list[str] = (),
 ) -> Manifest:
     """Export ``model`` (built-in name, diffusers folder or .safetensors) to the folder ``out``.
 
     Each graph is validated against PyTorch at two shapes; past the tolerance the export fails
     and ``out`` is left as it was. ``lora=False`` leaves out the LoRA sites (``lora_sites``): graphs that cannot
-    take LoRAs, for comparison.
+    take LoRAs, for comparison. ``controlnets``: ControlNets to add (``PATH`` or ``NAME=PATH``, see
+    ``export/controlnet.py``), each its own graph.
     """
     out = Path(out)
     started = time.perf_counter()
+    named = [parse_source(s) for s in controlnets]
     need = memory.check_fits(model, fp16)
     with memory.freed_memory_returned(bool(need and need > memory.BIG_EXPORT_BYTES)):
-        return _export(model, out, fp16, allow_pickle, arch, size_range, max_batch, validate, lora, started)
+        return _export(model, out, fp16, allow_pickle, arch, size_range, max_batch, validate, lora, named, started)
 
 
 def _copy_shipped_loras(model: str, folder: Path) -> None:
@@ -157,7 +162,7 @@ def _copy_shipped_loras(model: str, folder: Path) -> None:
 
 def _export(model: str, out: Path, fp16: bool, allow_pickle: bool, arch: str | None,
             size_range: tuple[int, int] | None, max_batch: int, validate: bool, lora: bool,
-            started: float) -> Manifest:
+            controlnets: list[tuple[str, Path]], started: float) -> Manifest:
     loaded = load_model(model, allow_pickle=allow_pickle, arch=arch, dtype=torch.float16 if fp16 else None)
     pipe = loaded.pipe
     scheduler_config = {k: v for k, v in dict(pipe.scheduler.config).items() if not k.startswith("_")}
@@ -184,7 +189,7 @@ def _export(model: str, out: Path, fp16: bool, allow_pickle: bool, arch: str | N
             graph_precision = "fp32" if source == "vae" and facts["vae_fp32"] else precision
             last_use = source not in {g.source for g in graphs[1:]}
             release = (lambda source=source: setattr(pipe, source, None)) if last_use else None
-            components[name], graph_checks = _export_graph(graphs.pop(0), tmp, graph_precision, size_range, scale,
+            components[name], graph_checks = export_graph(graphs.pop(0), tmp, graph_precision, size_range, scale,
                                                            validate, release)
             checks += graph_checks
 
@@ -216,11 +221,14 @@ def _export(model: str, out: Path, fp16: bool, allow_pickle: bool, arch: str | N
             tools=_tool_versions(),
             text_layers=facts["text_layers"],
             zero_empty_negative=bool(getattr(pipe.config, "force_zeros_for_empty_prompt", False)),
+            unet_config=facts["unet_config"],
             validation={"file": "validation.json", "passed": bool(checks) and not failed, "checks": len(checks),
                         "export_seconds": round(time.perf_counter() - started, 2)},
         )
         if lora and loaded.kind == "builtin":
             _copy_shipped_loras(loaded.name, tmp / "loras")
+        manifest = add_controlnets(tmp, manifest, controlnets + (builtin.shipped_controlnets(loaded.name) if loaded.kind == "builtin" else []), allow_pickle,
+                                   validate)
         manifest.save(tmp)
         if out.exists():
             shutil.rmtree(out)

@@ -8,7 +8,8 @@ from typing import Callable
 
 import torch
 
-from ..components import UNET, VAE_DECODER, VAE_ENCODER, WINDOW, Denoiser, TextEncoder, VaeDecoder, VaeEncoder
+from ..components import (UNET, VAE_DECODER, VAE_ENCODER, WINDOW, ControlNet, Denoiser, TextEncoder, VaeDecoder,
+                          VaeEncoder, residual_specs)
 from ..families import Family, TextEncoderSpec
 from ..manifest import TensorSpec
 from . import lora_sites
@@ -93,15 +94,52 @@ def _text_model(encoder: torch.nn.Module) -> torch.nn.Module:
 
 class UNetGraph(torch.nn.Module):
     """The U-Net with the conditioning bundle as named inputs: ``encoder_hidden_states`` and the family's extras
-    (SDXL's ``text_embeds`` and ``time_ids``, diffusers' ``added_cond_kwargs``)."""
+    (SDXL's ``text_embeds`` and ``time_ids``, diffusers' ``added_cond_kwargs``), then the ControlNet residuals
+    (diffusers' ``down_block_additional_residuals`` and ``mid_block_additional_residual``)."""
 
     def __init__(self, unet: torch.nn.Module, extra_names: tuple[str, ...] = ()):
         super().__init__()
         self.unet, self.extra_names = unet, extra_names
 
-    def forward(self, sample, timestep, encoder_hidden_states, *extras):
+    def forward(self, sample, timestep, encoder_hidden_states, *rest):
+        extras, residuals = rest[:len(self.extra_names)], rest[len(self.extra_names):]
         added = dict(zip(self.extra_names, extras)) or None
-        return self.unet(sample, timestep, encoder_hidden_states, added_cond_kwargs=added, return_dict=False)[0]
+        return self.unet(sample, timestep, encoder_hidden_states, added_cond_kwargs=added,
+                         down_block_additional_residuals=tuple(residuals[:-1]) or None,
+                         mid_block_additional_residual=residuals[-1] if residuals else None, return_dict=False)[0]
+
+
+class ControlNetGraph(torch.nn.Module):
+    """A ControlNet's residuals for the U-Net, unscaled (conditioning scale 1: the runtime scales them per step)."""
+
+    def __init__(self, controlnet: torch.nn.Module, extra_names: tuple[str, ...] = ()):
+        super().__init__()
+        self.controlnet, self.extra_names = controlnet, extra_names
+
+    def forward(self, sample, timestep, encoder_hidden_states, controlnet_cond, *extras):
+        added = dict(zip(self.extra_names, extras)) or None
+        down, mid = self.controlnet(sample, timestep, encoder_hidden_states, controlnet_cond, conditioning_scale=1.0,
+                                    added_cond_kwargs=added, return_dict=False)
+        return (*down, mid)
+
+
+def unet_residuals(config) -> tuple[TensorSpec, ...]:
+    """The ControlNet residuals of a U-Net (or ControlNet) of this diffusers config."""
+    layers = config.layers_per_block
+    if not isinstance(layers, int):
+        if len(set(layers)) != 1:
+            raise ValueError(f"ControlNet residuals for down blocks of unequal depth {layers} are not supported")
+        layers = layers[0]
+    return residual_specs(tuple(config.block_out_channels), layers)
+
+
+def _random_residuals(specs: tuple[TensorSpec, ...], s: Shape, batch: int, g) -> dict[str, torch.Tensor]:
+    """Residuals of the size each level has at ``s``, at a ControlNet's usual scale."""
+    sides = {"h": s.latent_h, "w": s.latent_w}
+    for level in (2, 4, 8):
+        sides |= {f"h_{level}": -(-s.latent_h // level), f"w_{level}": -(-s.latent_w // level)}
+    return {t.name: torch.randn(batch, t.shape[1], sides[t.shape[2]], sides[t.shape[3]], generator=g) * 0.1
+            for t in specs}
 
 
 class VaeDecoderGraph(torch.nn.Module):
@@ -135,6 +173,7 @@ def component_graphs(pipe, family: Family, lora: bool = True) -> list[ComponentG
     scale = 2 ** (len(vae.config.block_out_channels) - 1)
     text_dim = unet.config.cross_attention_dim
     extras = unet_extras(pipe, family)
+    residuals = unet_residuals(unet.config)
 
     def unet_inputs(s: Shape, g):
         b = 2 * s.batch  # classifier-free guidance: negative and positive in one call
@@ -143,10 +182,7 @@ def component_graphs(pipe, family: Family, lora: bool = True) -> list[ComponentG
             "timestep": torch.randint(0, 1000, (b,), generator=g).float(),
             "encoder_hidden_states": torch.randn(b, s.tokens, text_dim, generator=g),
         }
-        for spec in extras:  # SDXL: pooled text embeddings, and time ids as diffusers makes them
-            inputs[spec.name] = (_time_ids(s, scale, spec.shape[1]).repeat(b, 1) if spec.name == "time_ids"
-                                 else torch.randn(b, spec.shape[1], generator=g))
-        return inputs
+        return inputs | _extra_inputs(extras, s, scale, b, g) | _random_residuals(residuals, s, b, g)
 
     def latent(s: Shape, g):
         return {"latent": torch.randn(s.batch, latent_channels, s.latent_h, s.latent_w, generator=g)}
@@ -156,7 +192,7 @@ def component_graphs(pipe, family: Family, lora: bool = True) -> list[ComponentG
 
     unet_graph = ComponentGraph(
         UNET.name, "unet", UNetGraph(unet, tuple(t.name for t in extras)),
-        *Denoiser.io(channels, unet.config.out_channels, text_dim, extras), unet_inputs,
+        *Denoiser.io(channels, unet.config.out_channels, text_dim, extras, residuals), unet_inputs,
         # The sinusoidal timestep embedding of t up to 999 loses whole radians in fp16;
         # diffusers computes it in fp32 for fp16 models too.
         fp32_scopes=("/unet/time_proj/",),
@@ -184,6 +220,32 @@ def with_lora_sites(graph: ComponentGraph, network: torch.nn.Module, under: str 
     return replace(graph, module=lora_sites.WithLoraInputs(graph.module, sites, len(graph.inputs)),
                    inputs=graph.inputs + lora_sites.factor_inputs(sites), make_inputs=make_inputs,
                    fp32_scopes=tuple("/graph" + scope for scope in graph.fp32_scopes))
+
+
+def controlnet_graph(name: str, controlnet: torch.nn.Module, extras: tuple[TensorSpec, ...], vae_scale: int
+                     ) -> ComponentGraph:
+    """The graph of one ControlNet, named ``controlnet.NAME``; ``extras``: the U-Net's (SDXL's ``text_embeds``
+    and ``time_ids``), which it takes too."""
+    config = controlnet.config
+    channels, text_dim = config.in_channels, config.cross_attention_dim
+    inputs, outputs = ControlNet.io(channels, text_dim, extras, unet_residuals(config))
+
+    def make_inputs(s: Shape, g):
+        b = 2 * s.batch
+        values = {"sample": torch.randn(b, channels, s.latent_h, s.latent_w, generator=g),
+                  "timestep": torch.randint(0, 1000, (b,), generator=g).float(),
+                  "encoder_hidden_states": torch.randn(b, s.tokens, text_dim, generator=g),
+                  "controlnet_cond": torch.rand(b, 3, s.latent_h * vae_scale, s.latent_w * vae_scale, generator=g)}
+        return values | _extra_inputs(extras, s, vae_scale, b, g)
+
+    return ComponentGraph(ControlNet.PREFIX + name, "controlnet", ControlNetGraph(controlnet, tuple(t.name for t in extras)),
+                          inputs, outputs, make_inputs, fp32_scopes=("/controlnet/time_proj/",))
+
+
+def _extra_inputs(extras: tuple[TensorSpec, ...], s: Shape, scale: int, batch: int, g) -> dict[str, torch.Tensor]:
+    """SDXL's extras: pooled text embeddings, and time ids as diffusers makes them."""
+    return {spec.name: (_time_ids(s, scale, spec.shape[1]).repeat(batch, 1) if spec.name == "time_ids"
+                        else torch.randn(batch, spec.shape[1], generator=g)) for spec in extras}
 
 
 def _time_ids(s: Shape, scale: int, count: int) -> torch.Tensor:

@@ -22,7 +22,7 @@ class LoadedModel:
     size_range: tuple[int, int] | None = None  # a built-in model's own size range
 
 
-def _pickle_refusal(what: str) -> ModelSourceError:
+def pickle_refusal(what: str) -> ModelSourceError:
     return ModelSourceError(
         f"{what} is a pickle file, and loading a pickle can run arbitrary code. Prefer a .safetensors "
         "version of the model; if you trust this file, pass --allow-pickle."
@@ -45,7 +45,7 @@ def _load_diffusers_folder(folder: Path, allow_pickle: bool, dtype):
 
     has_safetensors = any(folder.rglob("*.safetensors"))
     if not has_safetensors and any(p.suffix in PICKLE_SUFFIXES for p in folder.rglob("*")) and not allow_pickle:
-        raise _pickle_refusal(f"{folder} holds only pickle weights (.bin/.ckpt), which")
+        raise pickle_refusal(f"{folder} holds only pickle weights (.bin/.ckpt), which")
     try:
         return DiffusionPipeline.from_pretrained(
             folder,
@@ -84,7 +84,7 @@ def load_model(model: str, allow_pickle: bool = False, arch: str | None = None, 
 
     suffix = path.suffix.lower()
     if suffix in PICKLE_SUFFIXES and not allow_pickle:
-        raise _pickle_refusal(str(path))
+        raise pickle_refusal(str(path))
     if suffix != ".safetensors" and suffix not in PICKLE_SUFFIXES:
         raise ModelSourceError(f"{path} is not a .safetensors checkpoint or a diffusers folder.")
     from .single_file import load_single_file

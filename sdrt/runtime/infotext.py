@@ -107,3 +107,13 @@ def embedding_parameters(embeddings) -> dict[str, object]:
     if not embeddings:
         return {}
     return {"TI hashes": '"' + ", ".join(f"{e.name}: {e.short_hash}" for e in embeddings) + '"'}
+
+
+def control_parameters(control) -> dict[str, object]:
+    """AUTOMATIC1111's ControlNet extension's ``ControlNet N: "Model: …, Weight: …, …"`` per unit
+    (``control.Control``)."""
+    if control is None:
+        return {}
+    guess = ", Guess Mode: True" if control.guess_mode else ""
+    return {f"ControlNet {i}": f'"Model: {u.name}, Weight: {u.scale:g}, Guidance Start: {u.start:g}, '
+                               f'Guidance End: {u.end:g}{guess}"' for i, u in enumerate(control.units)}

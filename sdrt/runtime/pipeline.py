@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Literal
 
@@ -29,7 +29,8 @@ from ..manifest import Manifest, load_manifest
 from . import images as imageio
 from .backends import Backend, create_backend
 from .conditioning import Conditioning, conditioner_for
-from .infotext import embedding_parameters, image_parameters, lora_parameters
+from .control import default_control_size, make_control, zero_residuals
+from .infotext import control_parameters, embedding_parameters, image_parameters, lora_parameters
 from .noise import GeneratorKind
 from .request import Job, StepCallback, make_job
 from .schedulers import Scheduler, default_sampler, make_scheduler
@@ -154,6 +155,12 @@ class Pipeline:
         aesthetic_score: float = 6.0,
         negative_aesthetic_score: float = 2.5,
         loras: dict[str, float] | None = None,
+        control_image: imageio.ImageInput | list[imageio.ImageInput] | None = None,
+        controlnet: str | list[str] | None = None,
+        controlnet_conditioning_scale: float | list[float] = 1.0,
+        control_guidance_start: float | list[float] = 0.0,
+        control_guidance_end: float | list[float] = 1.0,
+        guess_mode: bool = False,
     ) -> GenerationResult:
         """Generate images: text to image; with ``image``, image to image (``strength`` 0..1 of the schedule is run,
         default 0.8); with ``image`` and ``mask_image`` (white = repaint), inpainting (default strength 1); with
@@ -179,15 +186,26 @@ class Pipeline:
 
         ``loras`` ({name or file: weight}) and the prompts' ``<lora:NAME:WEIGHT>`` tags apply LoRAs to this call
         alone (the base model's, not a refiner's), as AUTOMATIC1111 computes them. The name of a textual-inversion
-        embedding of the embeddings folder in a prompt stands for its vectors, as in AUTOMATIC1111."""
+        embedding of the embeddings folder in a prompt stands for its vectors, as in AUTOMATIC1111.
+
+        ``control_image`` (one, or one per ControlNet) with ``controlnet`` (the export's ControlNet name, or a list;
+        optional when the export has one) adds spatial control, with diffusers' ``controlnet_conditioning_scale``,
+        ``control_guidance_start`` / ``control_guidance_end`` (one number, or one per ControlNet) and ``guess_mode``,
+        in every mode; text to image defaults to the control image's size, as diffusers."""
+        if control_image is not None and image is None and (height, width) == (None, None):
+            width, height = default_control_size(control_image, self.manifest.vae_scale_factor) or (None, None)
         job = make_job(self, prompt, negative_prompt, num_inference_steps, guidance_scale, height, width, seed,
                        scheduler, num_images, latents, callback, noise, image, mask_image, strength, outpaint,
                        inpaint_mode, weighting, eta, s_noise, clip_skip, prompt_2, negative_prompt_2, aesthetic_score,
                        negative_aesthetic_score)
+        control = make_control(self.manifest, control_image, controlnet, controlnet_conditioning_scale,
+                               control_guidance_start, control_guidance_end, guess_mode, job.width, job.height)
+        job = replace(job, control=control)
         switch, extra = self._check_refiner(refiner_switch_at, job)
         chosen = self.loras.choose(job.prompts, loras)
         self._bind_loras(chosen)
         extra |= lora_parameters(chosen) | embedding_parameters(self.conditioner.tokenize(job).embeddings)
+        extra |= control_parameters(control)
         if switch is not None:  # the base down to the switch, the refiner from there, and its VAE
             final, timings = self._txt2img(job, end=switch)
             final, refined = self.refiner._refine(job, final, start=switch)
@@ -218,6 +236,9 @@ class Pipeline:
         if isinstance(switch, bool) or not isinstance(switch, (int, float)) or not 0 < switch < 1:
             raise UserInputError(f"refiner_switch_at is the fraction of the schedule the base runs, between 0 and 1 "
                                  f"(exclusive), got {switch!r}")
+        if job.control is not None:
+            raise UserInputError("a ControlNet guides the base model; run the refiner without control (leave out "
+                                 "refiner_switch_at, or the control image)")
         if job.mode != "txt2img":
             raise UserInputError("the refiner takes over text to image; refine an image with the refiner's own export "
                                  "as image to image")
@@ -325,7 +346,8 @@ class Pipeline:
         backend refuses before any graph runs)."""
         t0 = time.perf_counter()
         tokens = self.conditioner.tokenize(job)
-        self.backend.prepare(RunShape(job.batch, job.height, job.width, tokens.chunks, encodes_image=encodes_image))
+        controlnets = job.control.components if job.control else ()
+        self.backend.prepare(RunShape(job.batch, job.height, job.width, tokens.chunks, encodes_image, controlnets))
         conditioning = self.conditioner.encode(tokens, job)
         timings["text_encoder"] = time.perf_counter() - t0
         return conditioning
@@ -358,15 +380,20 @@ class Pipeline:
     def _denoise(self, job: Job, latents, conditioning: Conditioning, scheduler: Scheduler, timesteps, timings: dict,
                  extra_channels: np.ndarray | None = None, after_step: Callable | None = None) -> np.ndarray:
         """The sampler loop. ``conditioning`` goes to the U-Net as it is, batched as its sample (with guidance:
-        negatives first); ``extra_channels`` join the sample (an inpainting U-Net's mask and kept latents)."""
+        negatives first), with the ControlNet residuals of the step (zeros without control); ``extra_channels`` join
+        the sample (an inpainting U-Net's mask and kept latents; ControlNets see the latents alone)."""
         t0 = time.perf_counter()
+        unet = self.manifest.components[UNET.name]
+        no_control = zero_residuals(unet, 2 * job.batch if job.do_cfg else job.batch, *latents.shape[2:])
         for i, t in enumerate(timesteps):
             model_input = np.concatenate([latents] * 2) if job.do_cfg else latents
             model_input = scheduler.scale_model_input(model_input, t)
+            timestep = np.full(len(model_input), t, dtype=np.float32)
+            residuals = job.control and job.control.residuals(self._run_controlnet(timings), i, len(timesteps),
+                                                              model_input, timestep, conditioning, job.do_cfg)
             if extra_channels is not None:
                 model_input = np.concatenate([model_input, extra_channels], axis=1)
-            timestep = np.full(len(model_input), t, dtype=np.float32)
-            feeds = {"sample": model_input, "timestep": timestep, **conditioning}
+            feeds = {"sample": model_input, "timestep": timestep, **conditioning, **(residuals or no_control)}
             noise_pred = self.backend.run(UNET.name, feeds)["noise_pred"]
             if job.do_cfg:
                 uncond, cond = np.split(noise_pred.astype(np.float32), 2)
@@ -379,6 +406,15 @@ class Pipeline:
         timings["denoise"] = time.perf_counter() - t0
         _check_finite(latents, "the denoising loop")
         return latents
+
+    def _run_controlnet(self, timings: dict) -> Callable:
+        """``run(component, feeds)`` for the ControlNets, their time counted apart from the U-Net's."""
+        def run(component: str, feeds: dict) -> dict:
+            t0 = time.perf_counter()
+            out = self.backend.run(component, feeds)
+            timings["controlnet"] = timings.get("controlnet", 0.0) + time.perf_counter() - t0
+            return out
+        return run
 
     def _decode(self, latents: np.ndarray, timings: dict) -> list[Image.Image]:
         t0 = time.perf_counter()

@@ -18,6 +18,7 @@ from .noise import MAX_SEED, PerImageGenerators, make_generator, random_seed
 from .schedulers import canonical_name, make_scheduler
 
 if TYPE_CHECKING:
+    from .control import Control
     from .pipeline import Pipeline
 
 StepCallback = Callable[[int, int], "bool | None"]  # (step index, total steps); True stops the loop
@@ -58,6 +59,7 @@ class Job:
     negatives_2: list[str] = field(default_factory=list)
     aesthetic_score: float = 6.0  # an SDXL refiner's time ids (diffusers' defaults)
     negative_aesthetic_score: float = 2.5
+    control: Control | None = None  # ControlNets and their images (runtime/control.py)
 
     @property
     def batch(self) -> int:

@@ -6,6 +6,7 @@ import logging
 
 import numpy as np
 
+from ...components import describe
 from ...errors import BackendError
 from .base import Backend
 
@@ -39,20 +40,29 @@ class OnnxRuntimeBackend(Backend):
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if self._threads:
             options.intra_op_num_threads = self._threads
-        providers = self._choose_providers(ort)
-        for name, comp in self.manifest.components.items():
-            path = self.folder / comp.file
-            try:
-                self._sessions[name] = ort.InferenceSession(str(path), options, providers=providers)
-            except Exception as e:  # ORT raises its own Fail/InvalidGraph types
-                raise BackendError(f"onnxruntime cannot load {path} ({e}). Export the model again.") from e
+        self._ort, self._options, providers = ort, options, self._choose_providers(ort)
+        self._providers_asked = providers
+        for name in self.manifest.components:
+            if not describe(name).on_demand:
+                self._session(name)
         used = self._sessions[next(iter(self._sessions))].get_providers()
         self.device = used[0]
         if "CUDAExecutionProvider" in providers and self.device != "CUDAExecutionProvider":
             log.warning("onnxruntime-gpu is installed but CUDA is not usable here; running on the CPU")
 
+    def _session(self, name: str):
+        """The session of component ``name``, made on first use (ControlNets are loaded when a call needs them)."""
+        if name not in self._sessions:
+            path = self.folder / self.manifest.components[name].file
+            try:
+                self._sessions[name] = self._ort.InferenceSession(str(path), self._options,
+                                                                  providers=self._providers_asked)
+            except Exception as e:  # ORT raises its own Fail/InvalidGraph types
+                raise BackendError(f"onnxruntime cannot load {path} ({e}). Export the model again.") from e
+        return self._sessions[name]
+
     def run_impl(self, component: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        session = self._sessions[component]
+        session = self._session(component)
         names = [o.name for o in session.get_outputs()]
         return dict(zip(names, session.run(names, feeds)))
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ...components import describe
 from ...cpu import cpu_flags
 from ...errors import BackendError
 from .base import Backend
@@ -100,7 +101,8 @@ class OpenVinoBackend(Backend):
             self._version += f"+nncf{nncf.__version__}"
         if not self.static_shapes:
             for name in self.manifest.components:
-                self._get(name, None)
+                if not describe(name).on_demand:  # ControlNets compile when a call first needs them
+                    self._get(name, None)
         weights = f", {self.weights} weights" if self.weights else ""
         self.device = f"CPU ({self.precision}{weights}, {'static' if self.static_shapes else 'dynamic'} shapes)"
 
