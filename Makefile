@@ -12,7 +12,7 @@ install: $(STAMP)
 
 $(STAMP): setup.py constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[export,bench,openvino,tensorrt-rtx,serve,ray,test]"
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[export,bench,openvino,tensorrt-rtx,serve,ray,test,controlnet]"
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -14,7 +14,8 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["sdrt", "sdrt.*"]),
-    package_data={"sdrt": ["data/clip/*", "data/arch/*/*.json", "data/arch/*/*/*.json", "data/weights/*/*", "data/loras/*/*"]},
+    package_data={"sdrt": ["data/clip/*", "data/arch/*/*.json", "data/arch/*/*/*.json", "data/weights/*/*", "data/loras/*/*",
+                           "data/controlnets/*/*/*"]},
     # The runtime: numpy + ONNX Runtime + tokenizers + Pillow (+ safetensors for LoRA files). Never torch.
     install_requires=[
         "numpy>=1.24",
@@ -43,8 +44,10 @@ setup(
         "tensorrt": ["tensorrt>=10.1", "cuda-bindings>=12.8", "onnx>=1.16", "onnx-graphsurgeon>=0.5"],
         # sdrt bench: the torch reference needs "export" too
         "bench": ["matplotlib>=3.7", "scikit-image>=0.21"],
-        # sdrt serve: AUTOMATIC1111's HTTP API; ray: the same app as Ray Serve replicas
-        "serve": ["fastapi>=0.110", "uvicorn>=0.27", "prometheus-client>=0.19"],
+        # ControlNet preprocessors (canny): OpenCV, as AUTOMATIC1111's ControlNet extension
+        "controlnet": ["opencv-python-headless>=4.8"],
+        # sdrt serve: AUTOMATIC1111's HTTP API (with its ControlNet extension's); ray: the same app as Ray Serve replicas
+        "serve": ["fastapi>=0.110", "uvicorn>=0.27", "prometheus-client>=0.19", "opencv-python-headless>=4.8"],
         "ray": ["ray[serve]>=2.9", "fastapi>=0.110", "uvicorn>=0.27", "prometheus-client>=0.19"],
         # scipy: diffusers' LMS reference in the parity tests; webuiapi: the A1111 client the serve tests drive;
         # peft: diffusers' own LoRA loading, the reference for sdrt's

@@ -45,10 +45,36 @@ def cmd_export(args: argparse.Namespace) -> None:
         size_range=args.size_range,
         max_batch=args.max_batch,
         lora=not args.no_lora,
+        controlnets=args.controlnet,
     )
     print((Path(args.out) / "validation.txt").read_text(), end="")
     print(f"exported {args.model} ({manifest.family}, {manifest.precision}) to {args.out} "
           f"in {time.perf_counter() - started:.1f} s")
+
+
+def cmd_add_controlnet(args: argparse.Namespace) -> None:
+    from .export.controlnet import add_to_export
+
+    started = time.perf_counter()
+    manifest = add_to_export(args.folder, args.controlnet, allow_pickle=args.allow_pickle)
+    from .components import controlnet_names
+
+    print(f"{args.folder} has the ControlNets {', '.join(controlnet_names(manifest))} "
+          f"({time.perf_counter() - started:.1f} s)")
+
+
+def _control_images(args: argparse.Namespace) -> list | None:
+    """The control images, through ``--control-preprocessor``."""
+    if not args.control_image:
+        return None
+    from .runtime.images import load_image
+    from .runtime.preprocessors import preprocess
+
+    return [preprocess(args.control_preprocessor, load_image(path, "control image")) for path in args.control_image]
+
+
+def _one_or_list(values: list[float], default: float):
+    return default if not values else values[0] if len(values) == 1 else values
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
@@ -93,6 +119,12 @@ def cmd_generate(args: argparse.Namespace) -> None:
                 negative_prompt_2=args.negative_prompt_2,
                 refiner_switch_at=args.refiner_switch_at if args.refiner else None,
                 loras=dict(args.lora),
+                control_image=_control_images(args),
+                controlnet=_one_or_list(args.controlnet, None),
+                controlnet_conditioning_scale=_one_or_list(args.control_scale, 1.0),
+                control_guidance_start=_one_or_list(args.control_start, 0.0),
+                control_guidance_end=_one_or_list(args.control_end, 1.0),
+                guess_mode=args.guess_mode,
             )
         finally:
             if bar is not None:
@@ -249,7 +281,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arch", help="architecture of a .safetensors checkpoint when its keys cannot tell (sd15, sd21, tiny, …)")
     p.add_argument("--size-range", type=_size_range, metavar="MIN,MAX", help="image sides in pixels the export supports")
     p.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH, help=f"largest number of images per call (default {DEFAULT_MAX_BATCH})")
+    p.add_argument("--controlnet", action="append", default=[], metavar="[NAME=]PATH",
+                   help="add a ControlNet (diffusers folder or .safetensors file; repeatable)")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("add-controlnet", help="add ControlNets to an export folder (the base is not exported again)")
+    p.add_argument("folder", help="export folder (from sdrt export)")
+    p.add_argument("controlnet", nargs="+", metavar="[NAME=]PATH", help="diffusers ControlNet folder or .safetensors file")
+    p.add_argument("--allow-pickle", action="store_true", help="allow pickle files (.pth/.bin): they can run code")
+    p.set_defaults(func=cmd_add_controlnet)
 
     p = sub.add_parser("build", help="build TensorRT engines (fp16 from --fp16 exports) for an export folder",
                        description="One engine per component and profile into FOLDER/engines, cached by content: "
@@ -312,6 +352,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="outpainting: grow --init-image by these pixels and paint the new area")
     p.add_argument("--inpaint-mode", choices=INPAINT_MODES, default="auto",
                    help="model: an inpainting U-Net; blend: latent blending with any model; auto: what the model has")
+    p.add_argument("--control-image", action="append", default=[], metavar="PATH",
+                   help="ControlNet: the control image (one per --controlnet; repeatable)")
+    p.add_argument("--controlnet", action="append", default=[], metavar="NAME",
+                   help="the export's ControlNet to use (repeatable; optional when it has one)")
+    p.add_argument("--control-preprocessor", choices=("none", "canny"), default="none",
+                   help="make the control maps from the images first (default none: they are maps)")
+    p.add_argument("--control-scale", action="append", type=float, default=[], metavar="W",
+                   help="ControlNet weight (default 1; one, or one per ControlNet)")
+    p.add_argument("--control-start", action="append", type=float, default=[], metavar="F",
+                   help="fraction of the schedule where control starts (default 0)")
+    p.add_argument("--control-end", action="append", type=float, default=[], metavar="F",
+                   help="fraction of the schedule where control ends (default 1)")
+    p.add_argument("--guess-mode", action="store_true", help="ControlNet guess mode (diffusers')")
     p.add_argument("--backend", default="onnxruntime",
                    help="onnxruntime, openvino (CPU fast path), tensorrt or tensorrt-rtx (GPU engines from sdrt build; "
                         "':auto-build' builds missing ones) or auto (the fastest here); default onnxruntime")

@@ -14,7 +14,7 @@ LDM_PREFIX = "control_model."
 
 
 def make_controlnet(unet, seed: int, vae_scale: int, embedding_channels: tuple[int, ...] | None = None,
-                    scale: float = 0.2):
+                    scale: float = 1.0):
     """A ControlNet for ``unet`` (its encoder copied), every weight that starts at zero made random; its control
     image embedding downsamples ``vae_scale``× (``embedding_channels``: one width per level, the last used twice)."""
     from diffusers import ControlNetModel
