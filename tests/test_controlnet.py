@@ -97,7 +97,7 @@ def test_one_controlnet_matches_diffusers(controlled, reference_pipeline, nets):
     ref = _diffusers(_reference(reference_pipeline, nets, ["edges"]), "dpm++2m", 7, prompt=PROMPT, image=control, **kw)
     assert ours.images[0].size == (128, 96)
     assert psnr(ours.images[0], ref) > 45
-    assert 'ControlNet 0: "Model: edges, Weight: 0.8, Guidance Start: 0.2, Guidance End: 0.8"' in ours.parameters[0]
+    assert 'ControlNet 0: "Model: edges, Weight: 0.8, Guidance Start: 0.2, Guidance End: 0.8, Control Mode: Balanced"' in ours.parameters[0]
     plain = controlled(PROMPT, scheduler="dpm++2m", seed=7, height=96, width=128, **{k: kw[k] for k in ("negative_prompt", "num_inference_steps", "guidance_scale")})
     assert psnr(plain.images[0], ours.images[0]) < 35  # the control changed the image
 

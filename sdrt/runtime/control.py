@@ -18,6 +18,13 @@ from ..manifest import ComponentSpec, Manifest
 from . import images as imageio
 
 
+# How a unit weighs its residuals level by level, and whether the negative half of a guided batch gets them:
+# diffusers' guess mode, and AUTOMATIC1111's ControlNet extension's control modes (its "soft injection" weighs level
+# i of 13 by 0.825^(12-i); "ControlNet is more important" also leaves the negative prompt's half without control).
+CONTROL_MODES = {"balanced": "Balanced", "prompt": "My prompt is more important",
+                 "controlnet": "ControlNet is more important", "guess": "Guess mode"}
+
+
 @dataclass(frozen=True)
 class ControlUnit:
     name: str  # the ControlNet's name in the export
@@ -25,20 +32,34 @@ class ControlUnit:
     scale: float
     start: float  # fractions of the schedule
     end: float
+    mode: str = "balanced"  # a key of CONTROL_MODES
 
     @property
     def component(self) -> str:
         return ControlNet.PREFIX + self.name
 
+    @property
+    def positive_only(self) -> bool:
+        return self.mode in ("guess", "controlnet")
+
     def keep(self, i: int, steps: int) -> bool:
         """Whether step ``i`` of ``steps`` lies in the unit's part of the schedule (diffusers' ``controlnet_keep``)."""
         return not (i / steps < self.start or (i + 1) / steps > self.end)
+
+    def scales(self, count: int) -> np.ndarray:
+        """The factor of each of ``count`` residuals (the mid block's last)."""
+        if self.mode == "guess":  # diffusers: 10^-1 … 10^0 over the levels
+            levels = np.logspace(-1, 0, count, dtype=np.float32)
+        elif self.mode in ("prompt", "controlnet"):  # the extension: 0.825^12 … (cut after 10 levels for SDXL)
+            levels = np.float32(0.825) ** np.arange(12, 12 - count, -1, dtype=np.float32)
+        else:
+            levels = np.ones(count, np.float32)
+        return levels * np.float32(self.scale)
 
 
 @dataclass(frozen=True)
 class Control:
     units: tuple[ControlUnit, ...]
-    guess_mode: bool = False
 
     @property
     def components(self) -> tuple[str, ...]:
@@ -47,31 +68,24 @@ class Control:
     def residuals(self, run, i: int, steps: int, model_input: np.ndarray, timestep: np.ndarray,
                   conditioning: dict[str, np.ndarray], do_cfg: bool) -> dict[str, np.ndarray] | None:
         """The residuals of step ``i`` (None when no ControlNet is active there): ``run(component, feeds)`` runs a
-        graph; ``model_input``, ``timestep`` and ``conditioning`` are the U-Net's (doubled with guidance)."""
+        graph; ``model_input``, ``timestep`` and ``conditioning`` are the U-Net's (doubled with guidance, negatives
+        first)."""
         active = [u for u in self.units if u.keep(i, steps) and u.scale != 0]
         if not active:
             return None
-        guess = self.guess_mode and do_cfg
-        half = len(model_input) // 2 if guess else 0  # guess mode: the positive half alone
-        feeds = {"sample": model_input[half:], "timestep": timestep[half:],
-                 **{k: v[half:] for k, v in conditioning.items()}}
         total: dict[str, np.ndarray] = {}
         for unit in active:
-            image = np.repeat(unit.image, len(feeds["sample"]), axis=0)
-            out = run(unit.component, {**feeds, "controlnet_cond": image})
-            for name, scale in zip(out, _scales(len(out), unit.scale, self.guess_mode)):
-                scaled = out[name] * np.float32(scale)
+            half = len(model_input) // 2 if unit.positive_only and do_cfg else 0  # the positive prompts alone
+            feeds = {"sample": model_input[half:], "timestep": timestep[half:],
+                     **{k: v[half:] for k, v in conditioning.items()},
+                     "controlnet_cond": np.repeat(unit.image, len(model_input) - half, axis=0)}
+            out = run(unit.component, feeds)
+            for (name, residual), scale in zip(out.items(), unit.scales(len(out))):
+                scaled = residual * scale
+                if half:
+                    scaled = np.concatenate([np.zeros_like(scaled), scaled])
                 total[name] = scaled if name not in total else total[name] + scaled
-        if guess:
-            total = {k: np.concatenate([np.zeros_like(v), v]) for k, v in total.items()}
         return total
-
-
-def _scales(count: int, scale: float, guess_mode: bool) -> np.ndarray:
-    """Each residual's factor: the weight, or in guess mode 10^-1 … 10^0 over the levels times it (diffusers)."""
-    if guess_mode:
-        return np.logspace(-1, 0, count, dtype=np.float32) * np.float32(scale)
-    return np.full(count, scale, dtype=np.float32)
 
 
 def zero_residuals(unet: ComponentSpec, batch: int, height: int, width: int) -> dict[str, np.ndarray]:
@@ -84,9 +98,9 @@ def zero_residuals(unet: ComponentSpec, batch: int, height: int, width: int) -> 
 
 
 def make_control(manifest: Manifest, control_image, controlnet, scale, start, end, guess_mode: bool,
-                 width: int, height: int) -> Control | None:
+                 width: int, height: int, control_mode=None) -> Control | None:
     """The call's Control from ``Pipeline.__call__``'s arguments (None without a control image), every value
-    checked: one image per ControlNet; scales, starts and ends as one number or one per ControlNet."""
+    checked: one image per ControlNet; scales, starts, ends and control modes as one value or one per ControlNet."""
     if control_image is None:
         if controlnet is not None:
             raise UserInputError("a ControlNet needs its control image: control_image=... (--control-image)")
@@ -104,9 +118,29 @@ def make_control(manifest: Manifest, control_image, controlnet, scale, start, en
             raise UserInputError(f"control guidance start {s:g} must be before its end {e:g} (fractions of the schedule)")
     if not isinstance(guess_mode, bool):
         raise UserInputError(f"guess_mode is True or False, got {guess_mode!r}")
-    units = tuple(ControlUnit(n, control_array(imageio.load_image(img, "control image"), width, height), sc, s, e)
-                  for n, img, sc, s, e in zip(names, images, scales, starts, ends))
-    return Control(units, guess_mode)
+    if guess_mode and control_mode not in (None, "guess"):
+        raise UserInputError("give guess_mode (diffusers') or control_mode (AUTOMATIC1111's), not both")
+    modes = _modes("guess" if guess_mode else control_mode, len(names))
+    units = tuple(ControlUnit(n, control_array(imageio.load_image(img, "control image"), width, height), *rest)
+                  for n, img, *rest in zip(names, images, scales, starts, ends, modes))
+    return Control(units)
+
+
+def _modes(control_mode, count: int) -> list[str]:
+    """Each unit's mode: a key of CONTROL_MODES or AUTOMATIC1111's name for it (or its number, 0-2)."""
+    values = list(control_mode) if isinstance(control_mode, (list, tuple)) else [control_mode] * count
+    if len(values) != count:
+        raise UserInputError(f"control_mode: give one or one per ControlNet ({count}), got {len(values)}")
+    by_name = {**{v.lower(): k for k, v in CONTROL_MODES.items()}, **{k: k for k in CONTROL_MODES},
+               0: "balanced", 1: "prompt", 2: "controlnet", None: "balanced"}
+    modes = []
+    for value in values:
+        key = value.lower() if isinstance(value, str) else value
+        if isinstance(key, bool) or key not in by_name:
+            raise UserInputError(f"control mode {value!r} is none of {', '.join(CONTROL_MODES)} (or AUTOMATIC1111's "
+                                 f"{', '.join(repr(v) for v in list(CONTROL_MODES.values())[:3])})")
+        modes.append(by_name[key])
+    return modes
 
 
 def control_array(image: Image.Image, width: int, height: int) -> np.ndarray:

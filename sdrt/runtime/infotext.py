@@ -114,6 +114,8 @@ def control_parameters(control) -> dict[str, object]:
     (``control.Control``)."""
     if control is None:
         return {}
-    guess = ", Guess Mode: True" if control.guess_mode else ""
+    from .control import CONTROL_MODES
+
     return {f"ControlNet {i}": f'"Model: {u.name}, Weight: {u.scale:g}, Guidance Start: {u.start:g}, '
-                               f'Guidance End: {u.end:g}{guess}"' for i, u in enumerate(control.units)}
+                               f'Guidance End: {u.end:g}, Control Mode: {CONTROL_MODES[u.mode]}"'
+            for i, u in enumerate(control.units)}

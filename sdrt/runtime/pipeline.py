@@ -161,6 +161,7 @@ class Pipeline:
         control_guidance_start: float | list[float] = 0.0,
         control_guidance_end: float | list[float] = 1.0,
         guess_mode: bool = False,
+        control_mode: str | int | list | None = None,
     ) -> GenerationResult:
         """Generate images: text to image; with ``image``, image to image (``strength`` 0..1 of the schedule is run,
         default 0.8); with ``image`` and ``mask_image`` (white = repaint), inpainting (default strength 1); with
@@ -191,7 +192,9 @@ class Pipeline:
         ``control_image`` (one, or one per ControlNet) with ``controlnet`` (the export's ControlNet name, or a list;
         optional when the export has one) adds spatial control, with diffusers' ``controlnet_conditioning_scale``,
         ``control_guidance_start`` / ``control_guidance_end`` (one number, or one per ControlNet) and ``guess_mode``,
-        in every mode; text to image defaults to the control image's size, as diffusers."""
+        in every mode; text to image defaults to the control image's size, as diffusers. ``control_mode`` (instead of
+        guess mode; one, or one per ControlNet) is AUTOMATIC1111's: "balanced", "prompt" (My prompt is more
+        important), "controlnet" (ControlNet is more important)."""
         if control_image is not None and image is None and (height, width) == (None, None):
             width, height = default_control_size(control_image, self.manifest.vae_scale_factor) or (None, None)
         job = make_job(self, prompt, negative_prompt, num_inference_steps, guidance_scale, height, width, seed,
@@ -199,7 +202,8 @@ class Pipeline:
                        inpaint_mode, weighting, eta, s_noise, clip_skip, prompt_2, negative_prompt_2, aesthetic_score,
                        negative_aesthetic_score)
         control = make_control(self.manifest, control_image, controlnet, controlnet_conditioning_scale,
-                               control_guidance_start, control_guidance_end, guess_mode, job.width, job.height)
+                               control_guidance_start, control_guidance_end, guess_mode, job.width, job.height,
+                               control_mode)
         job = replace(job, control=control)
         switch, extra = self._check_refiner(refiner_switch_at, job)
         chosen = self.loras.choose(job.prompts, loras)
