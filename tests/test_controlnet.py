@@ -241,3 +241,53 @@ def test_sdxl_controlnet_matches_diffusers(export_dir, reference_pipeline, tmp_p
     ref = diffusers.StableDiffusionXLControlNetPipeline(**parts, controlnet=net)
     ref.set_progress_bar_config(disable=True)
     assert psnr(ours.images[0], _diffusers(ref, "euler", 21, prompt=PROMPT, image=control, **kw)) > 45
+
+
+def test_served_controlnet_through_webuiapi(controlled):
+    """webuiapi's ControlNetUnit with its defaults (Resize and Fill, canny thresholds 64/64 where canny is asked),
+    on txt2img and img2img: the Python API's image for the same map; the extension's model and module lists; unknown
+    models and modules are 422s naming what there is."""
+    webuiapi = pytest.importorskip("webuiapi")
+    from sdrt.serve.controlnet_api import fit
+    from test_serve import Server
+
+    server = Server(controlled.folder)
+    control = _boxes(96, 64, 16)  # fitted into 64x64 by "Resize and Fill"
+    photo = Image.fromarray(np.random.default_rng(17).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    try:
+        host, port = server.url.removeprefix("http://").split(":")
+        api = webuiapi.WebUIApi(host=host, port=int(port), steps=3)
+        models, modules = api.controlnet_model_list(), api.controlnet_module_list()
+        edges = next(m for m in models if m.startswith("edges ["))
+        unit = webuiapi.ControlNetUnit(image=control, model=edges, weight=0.9, guidance_end=0.8, control_mode=1)
+        served = api.txt2img(prompt=PROMPT, seed=5, width=64, height=64, cfg_scale=6, sampler_name="Euler",
+                             controlnet_units=[unit])
+        canny = webuiapi.ControlNetUnit(module="canny", model="depthish", control_mode=2)  # img2img's image, canny'd
+        served_i2i = api.img2img(images=[photo], prompt=PROMPT, seed=6, width=64, height=64, cfg_scale=6,
+                                 sampler_name="Euler", denoising_strength=0.6, controlnet_units=[canny])
+        bad_model = api.session.post(f"{api.baseurl}/txt2img", json={"prompt": "x", "steps": 2, "width": 64, "height": 64,
+                                     "alwayson_scripts": {"controlnet": {"args": [{"image": webuiapi.raw_b64_img(control),
+                                                                                  "model": "nope"}]}}})
+        bad_module = api.session.post(f"{api.baseurl}/txt2img", json={"prompt": "x", "steps": 2, "width": 64,
+                                      "height": 64, "alwayson_scripts": {"ControlNet": {"args": [
+                                          {"image": webuiapi.raw_b64_img(control), "model": "edges", "module": "depth"}]}}})
+        other_script = api.session.post(f"{api.baseurl}/txt2img", json={"prompt": "x", "steps": 2, "width": 64,
+                                        "height": 64, "alwayson_scripts": {"ADetailer": {"args": [True]}}})
+    finally:
+        server.close()
+    assert sorted(models) == sorted(f"{n} [{controlled.manifest.components['controlnet.' + n].sha256[:8]}]"
+                                    for n in ("edges", "depthish"))
+    assert modules == ["none", "canny"]
+    kw = dict(num_inference_steps=3, height=64, width=64, guidance_scale=6, scheduler="euler")
+    want = controlled(PROMPT, seed=5, control_image=fit(control, 64, 64, "Resize and Fill"), controlnet="edges",
+                      controlnet_conditioning_scale=0.9, control_guidance_end=0.8, control_mode="prompt", **kw)
+    assert np.array_equal(np.asarray(served.image.convert("RGB")), np.asarray(want.images[0]))
+    assert "Control Mode: My prompt is more important" in served.info["infotexts"][0]
+    edges_map = preprocess("canny", photo.resize((512, 512), Image.LANCZOS), low=64, high=64)
+    want = controlled(PROMPT, seed=6, image=photo, strength=0.6, control_image=edges_map.resize((64, 64), Image.LANCZOS),
+                      controlnet="depthish", control_mode="controlnet", **kw)
+    assert np.array_equal(np.asarray(served_i2i.image.convert("RGB")), np.asarray(want.images[0]))
+    assert bad_model.status_code == 422 and "no model 'nope'" in bad_model.json()["detail"]
+    assert "edges [" in bad_model.json()["detail"]
+    assert bad_module.status_code == 422 and "no module 'depth'; available: none, canny" in bad_module.json()["detail"]
+    assert other_script.status_code == 422 and "alwayson_scripts.ADetailer" in other_script.json()["detail"]

@@ -28,6 +28,8 @@ from ..lora.tags import read_tags
 from ..runtime import GenerationResult
 from ..runtime.noise import MAX_SEED, random_seed
 from ..runtime.schedulers import A1111_NAMES, ALIASES, a1111_name
+from ..manifest import Manifest
+from . import controlnet_api
 from .batcher import Job
 from .settings import Sampling, infotext_fields
 
@@ -149,6 +151,9 @@ def refused_fields(request: _Common) -> list[str]:
     txt2img = isinstance(request, Txt2ImgRequest)
     refused = []
     for name, value in data.items():
+        if name == "alwayson_scripts":  # the ControlNet extension's units are read by job_of
+            refused += [f"alwayson_scripts.{other}" for other in controlnet_api.split_scripts(value or {})[1]]
+            continue
         if name in HONOURED and not (txt2img and name == "denoising_strength"):
             continue
         if txt2img and name in _HIRES and not data.get("enable_hr"):
@@ -205,8 +210,10 @@ def refiner_of(request: _Common, loaded: tuple[str, str] | None) -> float | None
     return switch
 
 
-def job_of(request: _Common, sampling: Sampling, refiner_switch_at: float | None = None) -> Job:
-    """The batcher job for a checked request: one prompt and one seed per image (seed, seed+1, … as A1111)."""
+def job_of(request: _Common, sampling: Sampling, refiner_switch_at: float | None = None,
+           manifest: Manifest | None = None) -> Job:
+    """The batcher job for a checked request: one prompt and one seed per image (seed, seed+1, … as A1111), with
+    the ControlNet extension's units (``manifest``: the served export, whose ControlNets they name)."""
     images = (request.batch_size or 1) * (request.n_iter or 1)
     if images < 1:
         raise UserInputError("batch_size and n_iter must be at least 1")
@@ -232,6 +239,12 @@ def job_of(request: _Common, sampling: Sampling, refiner_switch_at: float | None
             mask = decode_image(request.mask, "mask").convert("L")
             params["mask_image"] = Image.eval(mask, lambda v: 255 - v) if request.inpainting_mask_invert else mask
         key = None  # image requests run alone
+    units, _ = controlnet_api.split_scripts(request.alwayson_scripts or {})
+    if units and manifest is not None:
+        control = controlnet_api.control_params(units, manifest, request.width, request.height, params.get("image"))
+        if control:
+            params |= control
+            key = None  # requests with control images run alone
     return Job(key, [request.prompt or ""] * images, [request.negative_prompt or ""] * images,
                list(range(seed, seed + images)), params)
 

@@ -21,7 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ValidationError
 
 from ..errors import SdrtError, UserInputError
-from . import a1111, settings
+from . import a1111, controlnet_api, settings
 from .access import Limits, authorized
 from .batcher import Batcher, QueueFull
 from .service import ServeOptions, Service
@@ -110,7 +110,7 @@ def create_app(folder: str | Path, options: ServeOptions = ServeOptions(), limit
             sampling = settings.sampling_of(req, service.a1111_options, service.pipe.manifest.family)
             limits.check(req.width, req.height, req.steps, (req.batch_size or 1) * (req.n_iter or 1),
                          [req.prompt or "", req.negative_prompt or ""])
-            job = a1111.job_of(req, sampling, a1111.refiner_of(req, service.refiner))
+            job = a1111.job_of(req, sampling, a1111.refiner_of(req, service.refiner), service.pipe.manifest)
             try:
                 future = batcher.submit(job)
             except QueueFull as e:
@@ -180,6 +180,21 @@ def create_app(folder: str | Path, options: ServeOptions = ServeOptions(), limit
             models.append(_model_entry(a1111.checkpoint_title(*service.refiner), *service.refiner,
                                        str(service.options.refiner)))
         return models
+
+    # -- AUTOMATIC1111's ControlNet extension ----------------------------------------------------------------
+
+    @app.get("/controlnet/version")
+    async def controlnet_version():
+        return {"version": controlnet_api.API_VERSION}
+
+    @app.get("/controlnet/model_list")
+    async def controlnet_models(update: bool = True):
+        service = get_service()
+        return controlnet_api.model_list(service.pipe.manifest) if service.ready else {"model_list": []}
+
+    @app.get("/controlnet/module_list")
+    async def controlnet_modules(alias_names: bool = False):
+        return controlnet_api.module_list()
 
     @app.get("/sdapi/v1/loras")
     async def loras():
