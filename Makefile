@@ -43,5 +43,12 @@ train-shapes: $(STAMP)
 train-shapes-lora: $(STAMP)
 	$(PY) scripts/train_shapes_lora.py --out build/shapes-lora --ship
 
+# make train-shapes-controlnet: train the silhouette ControlNet (the shape drawn where a white-on-black silhouette
+# is; ~20 minutes on 2 CPU cores) and ship it into the package (sdrt/data/controlnets/shapes), which `sdrt export
+# shapes` exports with the model.
+.PHONY: train-shapes-controlnet
+train-shapes-controlnet: $(STAMP)
+	$(PY) scripts/train_shapes_controlnet.py --out build/shapes-controlnet --ship
+
 clean:
 	rm -rf build $(VENV) .pytest_cache

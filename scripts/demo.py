@@ -1,8 +1,10 @@
 """`make demo`: draw a contact sheet of prompts with the built-in `shapes` model on the lean runtime.
 
 Run after `sdrt export shapes FOLDER`. Each tile shows the generated image, its prompt, and what
-`sdrt.shapes.read` sees in it; the held-out prompts (never seen in training) are marked. The last two rows ask
-for stars, a shape the model was never shown: without the shipped `shapes-star` LoRA, then with it.
+`sdrt.shapes.read` sees in it; the held-out prompts (never seen in training) are marked. Two rows ask for stars, a
+shape the model was never shown: without the shipped `shapes-star` LoRA, then with it. The last two rows give one
+prompt three silhouettes (white on black) through the shipped `silhouette` ControlNet: the shape is drawn where each
+silhouette is.
 No torch: this is the runtime alone.
 """
 
@@ -17,7 +19,9 @@ from PIL import Image, ImageDraw, ImageFont
 from sdrt import Pipeline
 from sdrt.errors import SdrtError
 from sdrt.fileio import atomic_path
-from sdrt.shapes import CHECKS, HELD_OUT, STAR, caption, read
+import numpy as np
+
+from sdrt.shapes import CHECKS, HELD_OUT, STAR, analyse, caption, draw_with_silhouette, read
 
 TILE = 192  # each 64x64 image is shown 3x larger
 TEXT_H = 56
@@ -56,6 +60,34 @@ def tile(pipe, triple: tuple[str, str, str], seed: int, args, note: str = "",
     return result.images[0], lines, ok
 
 
+# the ControlNet rows: one prompt, three silhouettes at other places and sizes
+SILHOUETTE_PROMPT = ("red", "circle", "blue")
+SILHOUETTE_SEEDS = (3, 7, 11)
+CENTRE_TOLERANCE = 4.0  # pixels: as the ControlNet's own check (scripts/train_shapes_controlnet.py)
+
+
+def silhouette_tiles(pipe, seed: int, args) -> list[tuple[Image.Image, list[tuple[str, str]], bool]]:
+    """The silhouettes, then the images the prompt gives with each: where the reader finds the shape."""
+    silhouettes = [draw_with_silhouette(*SILHOUETTE_PROMPT, np.random.default_rng(s))[1] for s in SILHOUETTE_SEEDS]
+    given, drawn = [], []
+    for i, silhouette in enumerate(silhouettes):
+        want = analyse(silhouette).centre
+        result = pipe(caption(*SILHOUETTE_PROMPT), num_inference_steps=args.steps, guidance_scale=args.guidance,
+                      scheduler=args.sampler, seed=seed + i, control_image=Image.fromarray(silhouette),
+                      controlnet="silhouette")
+        got = analyse(result.images[0])
+        offset = None if got.centre is None else float(np.hypot(*np.subtract(got.centre, want)))
+        ok = offset is not None and offset <= CENTRE_TOLERANCE and tuple(got.reading)[::2] == SILHOUETTE_PROMPT[::2]
+        given.append((Image.fromarray(silhouette), [(f"silhouette {i + 1}", "black"),
+                                                    (f"centre ({want[0]:.0f}, {want[1]:.0f})", "black")], True))
+        words = " ".join(part or "?" for part in got.reading)
+        drawn.append((result.images[0], [(caption(*SILHOUETTE_PROMPT).partition(" on ")[0] + f" + silhouette {i + 1}", "black"),
+                                         (f"reads as: {words}", "black"),
+                                         ("no shape" if offset is None else f"{offset:.1f} px from its centre",
+                                          "darkgreen" if ok else "firebrick")], ok))
+    return given + drawn
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folder", help="export folder of the shapes model")
@@ -73,7 +105,9 @@ def main() -> int:
             has_star = "shapes-star" in pipe.loras.available()
             stars = [tile(pipe, t, args.seed + i, args, note, lora) for note, lora in
                      (("", ""), (" + LoRA", STAR_LORA)) for i, t in enumerate(STARS)] if has_star else []
-            sheet = contact_sheet([(image, lines) for image, lines, _ in checks + stars], columns=3)
+            has_silhouette = "controlnet.silhouette" in pipe.manifest.components
+            placed = silhouette_tiles(pipe, args.seed, args) if has_silhouette else []
+            sheet = contact_sheet([(image, lines) for image, lines, _ in checks + stars + placed], columns=3)
     except SdrtError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -85,6 +119,9 @@ def main() -> int:
     if stars:
         print(f"stars: {sum(ok for *_, ok in stars[:len(STARS)])} of {len(STARS)} without the shapes-star LoRA, "
               f"{sum(ok for *_, ok in stars[len(STARS):])} of {len(STARS)} with {STAR_LORA}")
+    if placed:
+        print(f"silhouettes: {sum(ok for *_, ok in placed[len(SILHOUETTE_SEEDS):])} of {len(SILHOUETTE_SEEDS)} drawn "
+              f"within {CENTRE_TOLERANCE:g} px of their silhouette's centre, in the prompt's colour and background")
     print(f"contact sheet: {out.resolve()}")
     return 0
 

@@ -79,17 +79,33 @@ def draw(colour: str, shape: str, background: str, rng: np.random.Generator, siz
     Circles and squares are axis-aligned in a square bounding box; triangles and five-pointed stars stand upright
     (a point at the top), so each fills a known share of its box.
     """
+    return draw_with_silhouette(colour, shape, background, rng, size)[0]
+
+
+def draw_with_silhouette(colour: str, shape: str, background: str, rng: np.random.Generator, size: int = 64
+                         ) -> tuple[np.ndarray, np.ndarray]:
+    """As :func:`draw`, with the shape's silhouette (white on black, the same place and size): what the
+    ``silhouette`` ControlNet is trained on (scripts/train_shapes_controlnet.py)."""
     for name, kind in ((colour, COLOURS), (shape, SHAPES + (STAR,)), (background, BACKGROUNDS)):
         if name not in kind:
             raise ValueError(f"{name!r} is not one of {', '.join(kind)}.")
     side = rng.uniform(*SIZE_RANGE) * size
     x0 = rng.uniform(_MARGIN, size - _MARGIN - side)
     y0 = rng.uniform(_MARGIN, size - _MARGIN - side)
+    box = [x0, y0, x0 + side, y0 + side]
+    return render(shape, box, PALETTE[colour], PALETTE[background], size), render(shape, box, WHITE, BLACK, size)
+
+
+WHITE, BLACK = (255, 255, 255), (0, 0, 0)
+
+
+def render(shape: str, box: list[float], fill: tuple, background: tuple, size: int = 64) -> np.ndarray:
+    """``shape`` filling the square ``box`` (x0, y0, x1, y1 in pixels) in ``fill`` on ``background``: uint8
+    [size, size, 3], drawn larger and box-filtered down (anti-aliased edges)."""
     k = _SUPERSAMPLE
-    box = [x0 * k, y0 * k, (x0 + side) * k - 1, (y0 + side) * k - 1]
-    canvas = Image.new("RGB", (size * k, size * k), PALETTE[background])
+    box = [box[0] * k, box[1] * k, box[2] * k - 1, box[3] * k - 1]
+    canvas = Image.new("RGB", (size * k, size * k), background)
     pen = ImageDraw.Draw(canvas)
-    fill = PALETTE[colour]
     if shape == "circle":
         pen.ellipse(box, fill=fill)
     elif shape == "square":
@@ -150,6 +166,7 @@ class Analysis:
     fill: float | None  # area / bounding-box area: circle ~0.785, square ~1, triangle ~0.5, star ~0.4
     top_share: float | None  # share of the area in the upper half of the bounding box: triangle ~0.29, else 0.5
     aspect: float | None  # bounding box, long side / short side
+    centre: tuple[float, float] | None = None  # (x, y) of the bounding box's centre, in pixels
 
 
 # Thresholds, in RGB distance (0..441) unless said otherwise; tolerant on purpose, since
@@ -294,7 +311,7 @@ def analyse(image) -> Analysis:
         shape = (STAR if solidity < _STAR_SOLIDITY else "triangle" if top_share < _TRIANGLE_TOP_SHARE
                  else "square" if fill >= _SQUARE_FILL else "circle")
     return Analysis(Reading(colour, shape, background), bg_rgb, uniformity, fg_rgb, area, round(fill, 3),
-                    round(float(top_share), 3), round(aspect, 3))
+                    round(float(top_share), 3), round(aspect, 3), (left + (bw - 1) / 2, top + (bh - 1) / 2))
 
 
 def _hull_area(region: np.ndarray) -> float:

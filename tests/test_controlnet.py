@@ -260,11 +260,14 @@ def test_served_controlnet_through_webuiapi(controlled):
         models, modules = api.controlnet_model_list(), api.controlnet_module_list()
         edges = next(m for m in models if m.startswith("edges ["))
         unit = webuiapi.ControlNetUnit(image=control, model=edges, weight=0.9, guidance_end=0.8, control_mode=1)
+        # a fresh alwayson_scripts each call: webuiapi writes the units into its mutable default, and every later
+        # call of the process (other tests' too) would send them again
         served = api.txt2img(prompt=PROMPT, seed=5, width=64, height=64, cfg_scale=6, sampler_name="Euler",
-                             controlnet_units=[unit])
+                             controlnet_units=[unit], alwayson_scripts={})
         canny = webuiapi.ControlNetUnit(module="canny", model="depthish", control_mode=2)  # img2img's image, canny'd
         served_i2i = api.img2img(images=[photo], prompt=PROMPT, seed=6, width=64, height=64, cfg_scale=6,
-                                 sampler_name="Euler", denoising_strength=0.6, controlnet_units=[canny])
+                                 sampler_name="Euler", denoising_strength=0.6, controlnet_units=[canny],
+                                 alwayson_scripts={})
         bad_model = api.session.post(f"{api.baseurl}/txt2img", json={"prompt": "x", "steps": 2, "width": 64, "height": 64,
                                      "alwayson_scripts": {"controlnet": {"args": [{"image": webuiapi.raw_b64_img(control),
                                                                                   "model": "nope"}]}}})

@@ -62,7 +62,33 @@ def test_static_engines_are_built_and_recorded(folder):
     # batch 1 at 64x64: the U-Net takes 1 (no guidance) to 2 (guidance) latents of 8x8
     assert unet["shapes"]["sample"] == [[1, 4, 8, 8], [2, 4, 8, 8], [2, 4, 8, 8]]
     assert unet["shapes"]["encoder_hidden_states"][2][1] == 77
+    # the ControlNet residuals, each at its level's size (8x8 latents: 8, 4 and 2)
+    assert unet["shapes"]["down_block_residual_0"] == [[1, 32, 8, 8], [2, 32, 8, 8], [2, 32, 8, 8]]
+    assert unet["shapes"]["mid_block_residual"] == [[1, 64, 2, 2], [2, 64, 2, 2], [2, 64, 2, 2]]
     assert not list((folder / "engines").glob("*.tmp"))  # nothing half-written
+
+
+def test_controlnet_engines_are_built_ahead_of_time(folder, reference_pipeline, tmp_path):
+    """A ControlNet added to the fp16 export (its graph fp16 too) gets an engine whose profile covers the control
+    image at the output size; a call needs it only when it uses that ControlNet."""
+    from controlnet_files import make_controlnet
+    from sdrt.export.controlnet import add_to_export
+
+    out = tmp_path / "tiny16"
+    shutil.copytree(folder, out)
+    make_controlnet(reference_pipeline("tiny").unet, 1, 8).save_pretrained(tmp_path / "edges")
+    add_to_export(out, [str(tmp_path / "edges")])
+    [outcome] = build(out, "tensorrt-rtx", [static_profile(64, 64)], compute_capabilities=TARGETS,
+                      components=("controlnet.edges",))
+    record = next(r for r in _records(out, "controlnet.edges"))
+    assert outcome.status == "built" and record["precision"] == "fp16"
+    assert record["shapes"]["controlnet_cond"] == [[1, 3, 64, 64], [2, 3, 64, 64], [2, 3, 64, 64]]
+    assert record["shapes"]["sample"] == [[1, 4, 8, 8], [2, 4, 8, 8], [2, 4, 8, 8]]
+    records, manifest = _records(out), load_manifest(out)
+    assert uncovered(records, manifest, RunShape(1, 64, 64)) == []
+    assert uncovered(records, manifest, RunShape(1, 64, 64, controlnets=("controlnet.edges",))) == []
+    other_size = RunShape(1, 64, 96, controlnets=("controlnet.edges",))
+    assert set(uncovered(records, manifest, other_size)) == {"unet", "vae_decoder", "controlnet.edges"}
 
 
 def test_sdxl_engines_take_the_extra_inputs(export_dir, tmp_path):
