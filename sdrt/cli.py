@@ -157,6 +157,8 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
     if args.lora:
         return _bench_lora(args)
+    if args.controlnet:
+        return _bench_controlnet(args)
     opts = BenchOptions(
         models=tuple(args.model), backends=tuple(args.backends.split(",")), sizes=args.sizes, batches=args.batches,
         steps=args.steps, sampler=args.sampler, guidance=args.guidance, precision=args.precision, warmup=args.warmup,
@@ -184,6 +186,24 @@ def _bench_lora(args: argparse.Namespace) -> None:
 
     print(text(bench_lora(opts, log=lambda msg: print(msg, flush=True), done=write)))
     print(f"wrote {out / 'lora.md'} and lora.json")
+
+
+def _bench_controlnet(args: argparse.Namespace) -> None:
+    from .benchmarks.controlnet import ControlNetBenchOptions, bench_controlnet, text
+    from .fileio import write_json, write_text
+
+    opts = ControlNetBenchOptions(model=args.model[0], backends=tuple(b for b in args.backends.split(",") if b != "torch"),
+                                  size=args.sizes[0], steps=args.steps, warmup=args.warmup, repeats=args.repeats,
+                                  sampler=args.sampler, work_dir=Path(args.work_dir))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    def write(report: dict) -> None:
+        write_json(out / "controlnet.json", report)
+        write_text(out / "controlnet.md", text(report) + "\n")
+
+    print(text(bench_controlnet(opts, log=lambda msg: print(msg, flush=True), done=write)))
+    print(f"wrote {out / 'controlnet.md'} and controlnet.json")
 
 
 def cmd_build(args: argparse.Namespace) -> None:
@@ -393,6 +413,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lora", action="store_true",
                    help="what LoRAs cost instead: graphs with and without LoRA sites, a random LoRA, switching, memory "
                         "(first --model, first --sizes; --steps 20 for the issue's targets)")
+    p.add_argument("--controlnet", action="store_true",
+                   help="what one ControlNet costs a step instead: FLOPs, time split U-Net / ControlNet, peak memory "
+                        "(first --model, first --sizes; a random ControlNet of the model's architecture)")
     p.add_argument("--one-at-a-time", action="store_true",
                    help="load and run one backend after the other instead of all together, interleaved: for models "
                         "two backends cannot hold at once (sdxl-arch in 24 GB)")

@@ -55,3 +55,18 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
         while block := f.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+def load_pickle(path: Path, allow_pickle: bool) -> Any:
+    """A torch pickle file's object, read only when ``allow_pickle`` (loading a pickle can run code); the refusal
+    and a missing torch are ``UserInputError``s that say what to do."""
+    from .errors import UserInputError
+
+    if not allow_pickle:
+        raise UserInputError(f"{path.name} is a pickle file, which can run code when read; convert it to "
+                             ".safetensors, or allow pickle files (--allow-pickle) if you trust it")
+    try:
+        import torch
+    except ImportError as e:
+        raise UserInputError(f"reading the pickle file {path.name} needs torch; convert it to .safetensors") from e
+    return torch.load(str(path), map_location="cpu", weights_only=False)

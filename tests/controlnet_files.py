@@ -1,13 +1,10 @@
-"""Test helper: random ControlNets for the tiny models, as diffusers folders and as AUTOMATIC1111's single files.
-
-``ControlNetModel.from_unet`` copies the U-Net's encoder and zero-initialises the layers that make the residuals,
-so a ControlNet fresh from it changes nothing; these get random values there too, at a scale that changes the
-image visibly without swamping it."""
+"""Test helper: random ControlNets for the tiny models, and AUTOMATIC1111's single-file layout of one."""
 
 from __future__ import annotations
 
 import torch
 
+from sdrt.export.controlnet import random_controlnet
 from sdrt.lora import ldm_names
 
 LDM_PREFIX = "control_model."
@@ -15,21 +12,8 @@ LDM_PREFIX = "control_model."
 
 def make_controlnet(unet, seed: int, vae_scale: int, embedding_channels: tuple[int, ...] | None = None,
                     scale: float = 1.0):
-    """A ControlNet for ``unet`` (its encoder copied), every weight that starts at zero made random; its control
-    image embedding downsamples ``vae_scale``× (``embedding_channels``: one width per level, the last used twice)."""
-    from diffusers import ControlNetModel
-
-    levels = vae_scale.bit_length()  # 8 → 4 widths (3 halvings), 4 → 3
-    channels = embedding_channels or (16, 32, 96, 256)[:levels]  # diffusers' default at 8×
-    torch.manual_seed(seed)
-    net = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=channels)
-    g = torch.Generator().manual_seed(seed)
-    zeros = [net.controlnet_cond_embedding.conv_out, *net.controlnet_down_blocks, net.controlnet_mid_block]
-    with torch.no_grad():
-        for layer in zeros:
-            for p in layer.parameters():
-                p.copy_(torch.randn(p.shape, generator=g) * scale / max(1, p[0].numel()) ** 0.5)
-    return net.eval()
+    """A random ControlNet for ``unet`` (see ``sdrt.export.controlnet.random_controlnet``)."""
+    return random_controlnet(dict(unet.config), unet.config.in_channels, seed, scale, embedding_channels, vae_scale)
 
 
 def controlnet_to_ldm(net) -> dict[str, torch.Tensor]:

@@ -135,6 +135,24 @@ def test_guess_mode_and_image_to_image_match_diffusers(controlled, reference_pip
     assert psnr(ours.images[0], ref) > 45
 
 
+def test_a_controlnet_with_a_lora_matches_diffusers_with_the_lora_fused(controlled, reference_pipeline, nets, tmp_path):
+    """The LoRA changes the U-Net and the text encoder, not the ControlNet (as diffusers' load_lora_weights)."""
+    import copy
+
+    from lora_files import kohya_lora
+
+    kohya_lora(reference_pipeline("tiny"), tmp_path / "a.safetensors", seed=1)
+    control = _boxes(64, 64, 18)
+    kw = dict(num_inference_steps=4, guidance_scale=5.0, controlnet_conditioning_scale=0.9)
+    ours = controlled(PROMPT, control_image=control, controlnet="edges", loras={str(tmp_path / "a.safetensors"): 0.8},
+                      scheduler="euler", seed=19, **kw)
+    ref = copy.deepcopy(_reference(reference_pipeline, nets, ["edges"]))
+    ref.load_lora_weights(str(tmp_path / "a.safetensors"), adapter_name="a")
+    ref.set_adapters(["a"], [0.8])
+    ref.fuse_lora(adapter_names=["a"])
+    assert psnr(ours.images[0], _diffusers(ref, "euler", 19, prompt=PROMPT, image=control, **kw)) > 45
+
+
 def test_inpainting_with_a_controlnet_matches_diffusers(controlled, reference_pipeline, nets):
     rng = np.random.default_rng(13)
     init = Image.fromarray(rng.integers(0, 255, (64, 96, 3), dtype=np.uint8))

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserInputError
-from ..fileio import sha256_file
+from ..fileio import load_pickle, sha256_file
 
 PICKLE_SUFFIXES = (".pt", ".bin")
 SUFFIXES = (".safetensors",) + PICKLE_SUFFIXES
@@ -82,14 +82,7 @@ def _read(path: Path, allow_pickle: bool) -> dict:
             raise UserInputError(f"cannot read embedding {path} ({e}); is it a complete .safetensors file?") from e
     if path.suffix not in PICKLE_SUFFIXES:
         raise UserInputError(f"{path.name}: embedding files are {', '.join(SUFFIXES)}")
-    if not allow_pickle:
-        raise UserInputError(f"{path.name} is a pickle file, which can run code when read; convert it to "
-                             ".safetensors, or allow pickle files (--allow-pickle) if you trust it")
-    try:
-        import torch
-    except ImportError as e:
-        raise UserInputError(f"reading the pickle file {path.name} needs torch; convert it to .safetensors") from e
-    data = torch.load(str(path), map_location="cpu", weights_only=False)
+    data = load_pickle(path, allow_pickle)
     if not isinstance(data, dict):
         raise UserInputError(f"{path.name} is not a textual-inversion embedding (it holds a {type(data).__name__})")
     return data

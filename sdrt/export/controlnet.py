@@ -159,3 +159,27 @@ def add_to_export(folder: str | Path, sources: list[str], allow_pickle: bool = F
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return manifest
+
+
+def random_controlnet(unet_config: dict, latent_channels: int, seed: int, scale: float = 1.0,
+                      embedding_channels: tuple[int, ...] | None = None, vae_scale: int = 8):
+    """A ControlNet with random weights for a U-Net of ``unet_config`` (benchmarks and tests: no weights can be
+    downloaded). The layers a trained ControlNet starts from zero (its residual outputs and the control image
+    embedding's last convolution) get random values too, ``scale`` / √fan-in, so that it changes the image; the
+    control image is embedded down ``vae_scale``× (``embedding_channels``: one width per level)."""
+    import torch
+    from diffusers import ControlNetModel
+
+    accepted = inspect.signature(ControlNetModel.__init__).parameters
+    config = {k: v for k, v in unet_config.items() if k in accepted}
+    levels = vae_scale.bit_length()  # 8 → 4 widths (3 halvings), 4 → 3
+    config |= {"in_channels": latent_channels,
+               "conditioning_embedding_out_channels": embedding_channels or (16, 32, 96, 256)[:levels]}
+    torch.manual_seed(seed)
+    net = ControlNetModel.from_config(config)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for layer in (net.controlnet_cond_embedding.conv_out, *net.controlnet_down_blocks, net.controlnet_mid_block):
+            for p in layer.parameters():
+                p.copy_(torch.randn(p.shape, generator=g) * scale / max(1, p[0].numel()) ** 0.5)
+    return net.eval()

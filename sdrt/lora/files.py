@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserInputError
+from ..fileio import load_pickle
 
 # key prefix -> (component, how module names are written: "kohya" underscored, "dotted")
 PREFIXES = {
@@ -110,20 +111,9 @@ def _read_tensors(path: Path, allow_pickle: bool) -> tuple[dict[str, np.ndarray]
         except Exception as e:  # safetensors raises its own error types for a damaged file
             raise UserInputError(f"cannot read LoRA {path} ({e}); is it a complete .safetensors file?") from e
     if path.suffix in PICKLE_SUFFIXES:
-        if not allow_pickle:
-            raise UserInputError(f"{path.name} is a pickle file, which can run code when read; convert it to "
-                                 ".safetensors, or allow pickle files (--allow-pickle) if you trust it")
-        return _read_pickle(path), {}
+        state = load_pickle(path, allow_pickle)
+        return {k: v.float().numpy() for k, v in state.items() if hasattr(v, "numpy")}, {}
     raise UserInputError(f"{path.name}: LoRA files are {', '.join(SUFFIXES)}")
-
-
-def _read_pickle(path: Path) -> dict[str, np.ndarray]:
-    try:
-        import torch
-    except ImportError as e:
-        raise UserInputError(f"reading the pickle file {path.name} needs torch; convert it to .safetensors") from e
-    state = torch.load(str(path), map_location="cpu", weights_only=False)
-    return {k: v.float().numpy() for k, v in state.items() if hasattr(v, "numpy")}
 
 
 def _metadata_alphas(metadata: dict[str, str]) -> dict[str, float]:
