@@ -241,6 +241,27 @@ def test_canny_finds_the_edges_of_a_box():
         preprocess("depth", Image.fromarray(pixels))
 
 
+def test_sd2_controlnet_matches_diffusers(export_dir, reference_pipeline, tmp_path):
+    """SD 2.x: v-prediction, OpenCLIP-style text encoder; a ControlNet added to a copy of its export."""
+    import diffusers
+
+    base = reference_pipeline("tiny-sd2")
+    net = make_controlnet(base.unet, 6, 8, (8, 16, 32, 32))
+    net.save_pretrained(tmp_path / "v")
+    out = tmp_path / "export"
+    shutil.copytree(export_dir("tiny-sd2"), out)
+    add_to_export(out, [f"v={tmp_path / 'v'}"])
+    control = _boxes(64, 96, 20)
+    kw = dict(negative_prompt=NEGATIVE, num_inference_steps=4, guidance_scale=5.0, control_guidance_start=0.25)
+    with Pipeline.load(out) as pipe:
+        ours = pipe(PROMPT, control_image=control, scheduler="dpm++2m", seed=22, **kw)
+    parts = {k: getattr(base, k) for k in ("vae", "text_encoder", "tokenizer", "unet", "scheduler")}
+    ref = diffusers.StableDiffusionControlNetPipeline(**parts, controlnet=net, safety_checker=None,
+                                                      feature_extractor=None, requires_safety_checker=False)
+    ref.set_progress_bar_config(disable=True)
+    assert psnr(ours.images[0], _diffusers(ref, "dpm++2m", 22, prompt=PROMPT, image=control, **kw)) > 45
+
+
 def test_sdxl_controlnet_matches_diffusers(export_dir, reference_pipeline, tmp_path):
     import diffusers
 

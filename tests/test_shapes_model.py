@@ -44,3 +44,27 @@ def test_the_shipped_star_lora_draws_stars_the_model_cannot(export_dir):
     right, details = adherence(with_lora, triples)
     assert right >= len(triples) - 1, [d["read"] for d in details]
     assert not any(read(image).shape == STAR for image in without)
+
+
+def test_the_shipped_silhouette_controlnet_draws_the_shape_where_the_silhouette_is(export_dir):
+    """`sdrt export shapes` exports the shipped silhouette ControlNet; the shape is drawn centred on each silhouette
+    (within 4 pixels of 64) in the prompt's colour on its background."""
+    import numpy as np
+
+    from sdrt.shapes import analyse, draw_with_silhouette
+
+    folder = export_dir("shapes")
+    assert "controlnet.silhouette" in load_manifest(folder).components
+    triples = [("red", "circle", "blue"), ("yellow", "square", "black"), ("green", "triangle", "white"),
+               ("blue", "circle", "gray")]
+    placed = []
+    with Pipeline.load(folder) as pipe:
+        for i, triple in enumerate(triples):
+            silhouette = draw_with_silhouette(*triple, np.random.default_rng(100 + i))[1]
+            image = pipe(caption(*triple), control_image=silhouette, controlnet="silhouette", seed=1 + i,
+                         num_inference_steps=STEPS, guidance_scale=GUIDANCE, scheduler="dpm++2m").images[0]
+            got, want = analyse(image), analyse(silhouette)
+            offset = None if got.centre is None else float(np.hypot(*np.subtract(got.centre, want.centre)))
+            placed.append((offset, got.reading.colour == triple[0] and got.reading.background == triple[2]))
+    good = [offset is not None and offset <= 4 and right for offset, right in placed]
+    assert sum(good) >= len(triples) - 1, placed

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import json
 import logging
 import re
 import shutil
@@ -20,9 +21,11 @@ from pathlib import Path
 
 from ..components import UNET, is_residual
 from ..errors import ExportError, ModelSourceError
+from ..fileio import write_json, write_text
 from ..manifest import Manifest, load_manifest
 from .graphs import controlnet_graph
 from .sources import PICKLE_SUFFIXES, pickle_refusal
+from .validate import as_json, report
 
 log = logging.getLogger("sdrt.export")
 
@@ -118,11 +121,13 @@ def check_fits(name: str, graph, manifest: Manifest) -> None:
 
 
 def add_controlnets(folder: Path, manifest: Manifest, sources: list[tuple[str, Path]], allow_pickle: bool = False,
-                    validate: bool = True) -> Manifest:
-    """Export each ControlNet into ``folder`` (beside the export's graphs) and return the manifest with them; the
-    caller saves it. A ControlNet already there under the same name is replaced (its engines forgotten)."""
+                    validate: bool = True) -> tuple[Manifest, list]:
+    """Export each ControlNet into ``folder`` (beside the export's graphs); the manifest with them (the caller saves
+    it) and the validation checks. A ControlNet already there under the same name is replaced (its engines
+    forgotten)."""
     from .exporter import export_graph  # the exporter imports this module
 
+    all_checks = []
     for name, path in sources:
         network = load_controlnet(path, manifest.unet_config, manifest.latent_channels, allow_pickle)
         extras = tuple(t for t in manifest.components[UNET.name].inputs if t.name in ("text_embeds", "time_ids"))
@@ -140,8 +145,19 @@ def add_controlnets(folder: Path, manifest: Manifest, sources: list[tuple[str, P
         validation.setdefault("controlnets", {})[name] = {"checks": len(checks), "passed": bool(checks) or not validate,
                                                           "source": str(path)}
         manifest = dataclasses.replace(manifest, components=components, engines=engines, validation=validation)
+        all_checks += checks
         log.info("added the ControlNet %s", name)
-    return manifest
+    return manifest, all_checks
+
+
+def record_checks(folder: Path, checks: list) -> None:
+    """The ControlNets' checks added to the export's validation report (validation.txt and .json)."""
+    if not checks:
+        return
+    old = json.loads((folder / "validation.json").read_text()) if (folder / "validation.json").is_file() else []
+    write_json(folder / "validation.json", old + as_json(checks))
+    text = (folder / "validation.txt").read_text() if (folder / "validation.txt").is_file() else report([]) + "\n"
+    write_text(folder / "validation.txt", text + "\n".join(report(checks).splitlines()[1:]) + "\n")
 
 
 def add_to_export(folder: str | Path, sources: list[str], allow_pickle: bool = False, validate: bool = True) -> Manifest:
@@ -152,9 +168,10 @@ def add_to_export(folder: str | Path, sources: list[str], allow_pickle: bool = F
     named = [parse_source(s) for s in sources]
     scratch = Path(tempfile.mkdtemp(prefix=".controlnet-", dir=folder))
     try:
-        manifest = add_controlnets(scratch, manifest, named, allow_pickle, validate)
+        manifest, checks = add_controlnets(scratch, manifest, named, allow_pickle, validate)
         for file in scratch.iterdir():
             file.replace(folder / file.name)
+        record_checks(folder, checks)
         manifest.save(folder)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

@@ -17,7 +17,7 @@ from ..families import detect_family
 from ..manifest import DEFAULT_MAX_BATCH, MANIFEST_NAME, ComponentSpec, Manifest, TokenizerSpec
 from ..fileio import write_json, write_text
 from . import builtin, memory, onnx_io
-from .controlnet import add_controlnets, parse_source
+from .controlnet import add_controlnets, parse_source, record_checks
 from .graphs import ComponentGraph, Shape, component_graphs
 from .sources import load_model
 from .validate import Check, as_json, references, report, validate_graph
@@ -227,8 +227,9 @@ def _export(model: str, out: Path, fp16: bool, allow_pickle: bool, arch: str | N
         )
         if lora and loaded.kind == "builtin":
             _copy_shipped_loras(loaded.name, tmp / "loras")
-        manifest = add_controlnets(tmp, manifest, controlnets + (builtin.shipped_controlnets(loaded.name) if loaded.kind == "builtin" else []), allow_pickle,
-                                   validate)
+        shipped = builtin.shipped_controlnets(loaded.name) if loaded.kind == "builtin" else []
+        manifest, controlnet_checks = add_controlnets(tmp, manifest, controlnets + shipped, allow_pickle, validate)
+        record_checks(tmp, controlnet_checks)
         manifest.save(tmp)
         if out.exists():
             shutil.rmtree(out)

@@ -127,9 +127,15 @@ def _preprocessed(unit: dict, i: int, image: Image.Image) -> Image.Image:
     res = PROCESSOR_RES if not isinstance(res, (int, float)) or res <= 0 else int(res)
     k = res / min(image.size)
     image = image.resize((round(image.width * k), round(image.height * k)), Image.LANCZOS)
-    low, high = (unit.get(f"threshold_{x}", -1) for x in "ab")
-    return preprocess(module, image, low=None if low is None or low < 0 else low,
-                      high=None if high is None or high < 0 else high)
+    low, high = (_threshold(unit.get(f"threshold_{x}")) for x in "ab")
+    return preprocess(module, image, low=low, high=high)
+
+
+def _threshold(value) -> float | None:
+    """A preprocessor threshold; -1 (the extension's "default") or none given: the preprocessor's own."""
+    if value is None or (isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0):
+        return None
+    return value  # anything else is checked by the preprocessor
 
 
 def fit(image: Image.Image, width: int, height: int, mode, i: int = 0) -> Image.Image:
