@@ -126,3 +126,25 @@ def test_bench_one_backend_at_a_time_keeps_parity(export_dir, tmp_path):
     ort = report["models"][0]["configs"][0]["backends"]["onnxruntime"]
     assert ort["parity"]["passed"] and ort["parity"]["psnr_db"] > 40 and report["options"]["one_at_a_time"]
     assert "one after the other" in write_report(report, images, tmp_path / "report").read_text()
+
+
+def test_controlnet_bench_splits_the_step_and_counts_both_graphs(export_dir, tmp_path):
+    """sdrt bench --controlnet on a copy of tiny (without LoRA sites): a random ControlNet of its architecture is
+    added, the step is split into U-Net and ControlNet time, both graphs' FLOPs are counted, fresh processes measure
+    the peak memory with and without control."""
+    import shutil
+
+    from sdrt.benchmarks.controlnet import ControlNetBenchOptions, bench_controlnet, text
+
+    folder = tmp_path / "tiny"
+    shutil.copytree(export_dir("tiny", lora=False), folder)
+    opts = ControlNetBenchOptions(model=str(folder), backends=("onnxruntime",), size=64, steps=2, warmup=0, repeats=1,
+                                  work_dir=tmp_path / "work")
+    report = bench_controlnet(opts, log=lambda msg: None)
+    flops = report["gflops_per_step"]
+    assert flops["controlnet.bench"] > 0 and flops["unet"] > 0
+    ort = report["backends"]["onnxruntime"]
+    assert ort["seconds"]["ControlNet"]["controlnet_step"]["median"] > 0
+    assert ort["seconds"]["no control"]["controlnet_step"]["median"] == 0
+    assert all(isinstance(v, float) and v > 0 for v in ort["peak_rss_mib"].values())
+    assert "| onnxruntime |" in text(report)
