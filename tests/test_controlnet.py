@@ -268,13 +268,18 @@ def test_sdxl_controlnet_matches_diffusers(export_dir, reference_pipeline, tmp_p
     base = reference_pipeline("tiny-sdxl")
     net = make_controlnet(base.unet, 5, 8)
     net.save_pretrained(tmp_path / "xl")
+    from safetensors.torch import save_file
+
+    save_file(controlnet_to_ldm(net), str(tmp_path / "xl_single.safetensors"))  # the original (SGM) layout
     out = tmp_path / "export"
     shutil.copytree(export_dir("tiny-sdxl"), out)
-    add_to_export(out, [f"xl={tmp_path / 'xl'}"])
+    add_to_export(out, [f"xl={tmp_path / 'xl'}", str(tmp_path / "xl_single.safetensors")])
     control = _boxes(96, 64, 9)
     kw = dict(negative_prompt=NEGATIVE, num_inference_steps=4, guidance_scale=5.0, controlnet_conditioning_scale=0.7)
     with Pipeline.load(out) as pipe:
-        ours = pipe(PROMPT, control_image=control, scheduler="euler", seed=21, **kw)
+        ours = pipe(PROMPT, control_image=control, controlnet="xl", scheduler="euler", seed=21, **kw)
+        single = pipe(PROMPT, control_image=control, controlnet="xl_single", scheduler="euler", seed=21, **kw)
+    np.testing.assert_array_equal(single.latents, ours.latents)
     parts = {k: getattr(base, k) for k in ("vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "unet",
                                            "scheduler")}
     ref = diffusers.StableDiffusionXLControlNetPipeline(**parts, controlnet=net)

@@ -51,6 +51,7 @@ def test_the_shipped_silhouette_controlnet_draws_the_shape_where_the_silhouette_
     (within 4 pixels of 64) in the prompt's colour on its background."""
     import numpy as np
 
+    from sdrt.manifest import load_manifest
     from sdrt.shapes import analyse, draw_with_silhouette
 
     folder = export_dir("shapes")

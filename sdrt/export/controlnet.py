@@ -67,7 +67,6 @@ def load_controlnet(path: Path, unet_config: dict, latent_channels: int, allow_p
 
 def _load_single_file(path: Path, unet_config: dict, latent_channels: int, allow_pickle: bool):
     from diffusers import ControlNetModel
-    from diffusers.loaders.single_file_utils import convert_controlnet_checkpoint
 
     suffix = path.suffix.lower()
     if suffix in PICKLE_SUFFIXES and not allow_pickle:
@@ -83,11 +82,26 @@ def _load_single_file(path: Path, unet_config: dict, latent_channels: int, allow
     config["in_channels"] = latent_channels  # an inpainting U-Net's extra channels are not the ControlNet's
     try:
         network = ControlNetModel.from_config(config)
-        network.load_state_dict(convert_controlnet_checkpoint(state, config), strict=True)
+        network.load_state_dict(_converted(state, config), strict=True)
     except Exception as e:
         raise ModelSourceError(f"{path} is not a ControlNet for this model ({str(e).splitlines()[0][:300]}); "
                                "a ControlNet must be made for the base model's family (SD 1.x, 2.x or XL)") from e
     return network
+
+
+def _converted(state: dict, config: dict) -> dict:
+    """diffusers' conversion of an original-layout ControlNet, and the SDXL ControlNet's added embedding
+    (``label_emb``), which that conversion leaves out."""
+    from diffusers.loaders.single_file_utils import (DIFFUSERS_TO_LDM_MAPPING, LDM_CONTROLNET_KEY,
+                                                     convert_controlnet_checkpoint)
+
+    converted = convert_controlnet_checkpoint(state, config)
+    if config.get("addition_embed_type") and "add_embedding.linear_1.weight" not in converted:
+        for new, old in DIFFUSERS_TO_LDM_MAPPING["controlnet"]["addition_embed_type"].items():
+            for key in (old, LDM_CONTROLNET_KEY + old):
+                if key in state:
+                    converted[new] = state[key]
+    return converted
 
 
 def _read_state(path: Path) -> dict:
