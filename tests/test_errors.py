@@ -64,6 +64,32 @@ def test_missing_and_corrupt_folders(tmp_path, export_dir):
         Pipeline.load(bad)
 
 
+def test_damaged_graphs_are_refused_and_unchanged_ones_not_hashed_again(tmp_path, export_dir):
+    """64 bytes flipped inside unet.onnx (as a new user tried it): refused at load with the fix, by the CLI too;
+    an unchanged export is trusted from the sizes and times it was verified at; a touched file is hashed again."""
+    import os
+
+    from sdrt.integrity import verify_export
+    from sdrt.manifest import load_manifest
+
+    folder = tmp_path / "export"
+    shutil.copytree(export_dir("tiny"), folder)  # copy2 keeps the times the export verified its files at
+    manifest = load_manifest(folder)
+    assert verify_export(folder, manifest) == []
+    os.utime(folder / "unet.onnx")
+    assert verify_export(folder, manifest) == ["unet"]  # changed time, same content: hashed, trusted again
+    assert verify_export(folder, manifest) == []
+    data = bytearray((folder / "unet.onnx").read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 64] = bytes(b ^ 0xFF for b in data[middle:middle + 64])
+    (folder / "unet.onnx").write_bytes(bytes(data))
+    with pytest.raises(ManifestError, match="unet.onnx .unet. is not what was exported.*sdrt export MODEL"):
+        Pipeline.load(folder)
+    proc = run_cli("generate", str(folder), "--prompt", "x", "--steps", "1", "--out", str(tmp_path / "x.png"))
+    assert proc.returncode == 2 and "is not what was exported" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "x.png").exists()
+
+
 def run_cli(*args):
     return subprocess.run([sys.executable, "-m", "sdrt.cli", *args], capture_output=True, text=True, timeout=300)
 

@@ -12,6 +12,7 @@ from sdrt.export import export, memory, onnx_io
 from sdrt.export.validate import TOLERANCE
 from sdrt.lora.factors import FactorMaker
 from sdrt.manifest import load_manifest
+from sdrt.runtime.control import zero_residuals
 
 COMPONENTS = {"text_encoder", "unet", "vae_decoder", "vae_encoder"}
 
@@ -34,7 +35,8 @@ def test_manifest_describes_the_export(export_dir):
     assert set(m.components) == COMPONENTS
     unet = m.components["unet"]
     own = [t.name for t in unet.inputs if not t.name.endswith((".lora_down", ".lora_up"))]
-    assert own == ["sample", "timestep", "encoder_hidden_states"]
+    residuals = [f"down_block_residual_{i}" for i in range(6)] + ["mid_block_residual"]  # ControlNet's, zeros without
+    assert own == ["sample", "timestep", "encoder_hidden_states"] + residuals
     # every Linear and Conv2d has a LoRA site: factors [in, rank] / [rank, out], or tap by tap for a convolution
     q = unet.input("down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora_down")
     assert q.shape[1] == "rank" and unet.input("conv_in.lora_down").shape == (3, 3, "rank", 4)
@@ -57,10 +59,12 @@ def test_fp16_graphs_hold_fp16_weights(export_dir):
 def test_dynamic_shapes_run_at_other_sizes(export_dir):
     folder = export_dir("tiny")
     unet = ort.InferenceSession(str(folder / "unet.onnx"), providers=["CPUExecutionProvider"])
-    no_lora = FactorMaker(load_manifest(folder)).feeds(())["unet"]
+    manifest = load_manifest(folder)
+    no_lora = FactorMaker(manifest).feeds(())["unet"]
     for b, h, w, t in [(2, 8, 8, 77), (6, 9, 13, 154), (1, 64, 40, 77)]:  # odd latents, two prompt chunks
         out = unet.run(None, {
             **no_lora,
+            **zero_residuals(manifest.components["unet"], b, h, w),  # each level ⌈h/2^k⌉, odd sides too
             "sample": np.zeros((b, 4, h, w), np.float32),
             "timestep": np.full(b, 500, np.float32),
             "encoder_hidden_states": np.zeros((b, t, 32), np.float32),

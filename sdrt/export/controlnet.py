@@ -22,6 +22,7 @@ from pathlib import Path
 from ..components import UNET, is_residual
 from ..errors import ExportError, ModelSourceError
 from ..fileio import write_json, write_text
+from ..integrity import verify_export
 from ..manifest import Manifest, load_manifest
 from .graphs import controlnet_graph
 from .sources import PICKLE_SUFFIXES, pickle_refusal
@@ -187,6 +188,7 @@ def add_to_export(folder: str | Path, sources: list[str], allow_pickle: bool = F
             file.replace(folder / file.name)
         record_checks(folder, checks)
         manifest.save(folder)
+        verify_export(folder, manifest)  # hashes the new graphs (and any base graph not verified since it changed)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return manifest

@@ -16,6 +16,7 @@ from ..errors import ExportError
 from ..families import detect_family
 from ..manifest import DEFAULT_MAX_BATCH, MANIFEST_NAME, ComponentSpec, Manifest, TokenizerSpec
 from ..fileio import write_json, write_text
+from ..integrity import remember_verified
 from . import builtin, memory, onnx_io
 from .controlnet import add_controlnets, parse_source, record_checks
 from .graphs import ComponentGraph, Shape, component_graphs
@@ -231,6 +232,7 @@ def _export(model: str, out: Path, fp16: bool, allow_pickle: bool, arch: str | N
         manifest, controlnet_checks = add_controlnets(tmp, manifest, controlnets + shipped, allow_pickle, validate)
         record_checks(tmp, controlnet_checks)
         manifest.save(tmp)
+        remember_verified(tmp, manifest)  # just written and hashed: the first load need not hash it again
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)

@@ -25,6 +25,7 @@ from ..embeddings.files import Embedding
 from ..embeddings.library import EmbeddingLibrary
 from ..lora.factors import FactorMaker, LoraChoice
 from ..lora.library import LoraLibrary
+from ..integrity import verify_export
 from ..manifest import Manifest, load_manifest
 from . import images as imageio
 from .backends import Backend, create_backend
@@ -85,6 +86,7 @@ class Pipeline:
         embedding files (.pt, .bin) be read."""
         folder = Path(folder)
         manifest = load_manifest(folder)
+        verify_export(folder, manifest)  # a damaged graph is refused before a backend reads it
         if lora_dir is None and (folder / "loras").is_dir():
             lora_dir = folder / "loras"
         if embeddings_dir is None and (folder / "embeddings").is_dir():
