@@ -155,10 +155,8 @@ def cmd_bench(args: argparse.Namespace) -> None:
     from .benchmarks.bench import BenchOptions, run_bench
     from .benchmarks.report import write_report
 
-    if args.lora:
-        return _bench_lora(args)
-    if args.controlnet:
-        return _bench_controlnet(args)
+    if args.lora or args.controlnet:
+        return _bench_addon(args, "lora" if args.lora else "controlnet")
     opts = BenchOptions(
         models=tuple(args.model), backends=tuple(args.backends.split(",")), sizes=args.sizes, batches=args.batches,
         steps=args.steps, sampler=args.sampler, guidance=args.guidance, precision=args.precision, warmup=args.warmup,
@@ -170,40 +168,26 @@ def cmd_bench(args: argparse.Namespace) -> None:
     print(f"wrote {path} (and report.json, plots) in {args.out}")
 
 
-def _bench_lora(args: argparse.Namespace) -> None:
-    from .benchmarks.lora import LoraBenchOptions, bench_lora, text
+def _bench_addon(args: argparse.Namespace, kind: str) -> None:
+    """``sdrt bench --lora`` / ``--controlnet``: what the add-on costs (``benchmarks/lora.py``, ``controlnet.py``) on
+    the first model and size, written as KIND.json and KIND.md after each backend."""
+    import importlib
+
     from .fileio import write_json, write_text
 
-    opts = LoraBenchOptions(model=args.model[0], backends=tuple(b for b in args.backends.split(",") if b != "torch"),
-                            size=args.sizes[0], steps=args.steps, warmup=args.warmup, repeats=args.repeats,
-                            sampler=args.sampler, work_dir=Path(args.work_dir))
+    module = importlib.import_module(f".benchmarks.{kind}", __package__)
+    opts = module.OPTIONS(model=args.model[0], backends=tuple(b for b in args.backends.split(",") if b != "torch"),
+                          size=args.sizes[0], steps=args.steps, warmup=args.warmup, repeats=args.repeats,
+                          sampler=args.sampler, work_dir=Path(args.work_dir))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
     def write(report: dict) -> None:
-        write_json(out / "lora.json", report)
-        write_text(out / "lora.md", text(report) + "\n")
+        write_json(out / f"{kind}.json", report)
+        write_text(out / f"{kind}.md", module.text(report) + "\n")
 
-    print(text(bench_lora(opts, log=lambda msg: print(msg, flush=True), done=write)))
-    print(f"wrote {out / 'lora.md'} and lora.json")
-
-
-def _bench_controlnet(args: argparse.Namespace) -> None:
-    from .benchmarks.controlnet import ControlNetBenchOptions, bench_controlnet, text
-    from .fileio import write_json, write_text
-
-    opts = ControlNetBenchOptions(model=args.model[0], backends=tuple(b for b in args.backends.split(",") if b != "torch"),
-                                  size=args.sizes[0], steps=args.steps, warmup=args.warmup, repeats=args.repeats,
-                                  sampler=args.sampler, work_dir=Path(args.work_dir))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-
-    def write(report: dict) -> None:
-        write_json(out / "controlnet.json", report)
-        write_text(out / "controlnet.md", text(report) + "\n")
-
-    print(text(bench_controlnet(opts, log=lambda msg: print(msg, flush=True), done=write)))
-    print(f"wrote {out / 'controlnet.md'} and controlnet.json")
+    print(module.text(module.BENCH(opts, log=lambda msg: print(msg, flush=True), done=write)))
+    print(f"wrote {out / kind}.md and {kind}.json")
 
 
 def cmd_build(args: argparse.Namespace) -> None:

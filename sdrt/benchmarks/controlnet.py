@@ -171,6 +171,9 @@ def _peak(folder: str, backend: str, size: int, control: bool) -> dict:
     return {"peak_rss_mib": peak_rss_mib()}
 
 
+OPTIONS, BENCH = ControlNetBenchOptions, bench_controlnet  # what `sdrt bench --controlnet` runs
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "add":
         _add(sys.argv[2])

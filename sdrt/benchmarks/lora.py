@@ -163,5 +163,8 @@ def _peak(folder: str, backend: str, size: int, lora: str | None) -> dict:
     return {"peak_rss_mib": peak_rss_mib()}
 
 
+OPTIONS, BENCH = LoraBenchOptions, bench_lora  # what `sdrt bench --lora` runs
+
+
 if __name__ == "__main__":
     print(json.dumps(_peak(sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] if len(sys.argv) > 4 else None)))
