@@ -118,6 +118,23 @@ def test_several_controlnets_add_up_as_diffusers(controlled, reference_pipeline,
         assert psnr(mine, (theirs * 255).round().astype(np.uint8)) > 45
 
 
+def test_a_control_image_per_prompt_matches_diffusers(controlled, reference_pipeline, nets):
+    """One ControlNet, a batch of two prompts with an image each and two images per prompt (diffusers: the image
+    batch follows the prompts, each repeated per image)."""
+    images = [_boxes(64, 64, 23), _boxes(64, 64, 24)]
+    prompts = [PROMPT, "a green square"]
+    kw = dict(num_inference_steps=3, guidance_scale=5.0, height=64, width=64)
+    ours = controlled(prompts, control_image=images, controlnet="edges", num_images=2, scheduler="euler", seed=25, **kw)
+    ref = _reference(reference_pipeline, nets, ["edges"])
+    use_sampler(ref, "euler")
+    with torch.no_grad():
+        expected = ref(prompts, image=images, num_images_per_prompt=2, generator=torch.Generator().manual_seed(25),
+                       output_type="np", **kw).images
+    assert len(ours.images) == 4
+    for mine, theirs in zip(ours.images, expected):
+        assert psnr(mine, (theirs * 255).round().astype(np.uint8)) > 45
+
+
 def test_guess_mode_and_image_to_image_match_diffusers(controlled, reference_pipeline, nets):
     control = _boxes(96, 96, 4)
     kw = dict(num_inference_steps=4, guidance_scale=4.0, height=96, width=96)
@@ -209,7 +226,8 @@ def test_controlnet_mistakes_are_clear(controlled, tmp_path, reference_pipeline)
     cases = [
         (dict(control_image=box, controlnet="nope"), "no ControlNet nope in this export; it has"),
         (dict(control_image=box), "say which ControlNet"),
-        (dict(control_image=[box, box], controlnet="edges"), "one control image per ControlNet"),
+        (dict(control_image=[box, box], controlnet="edges"), "one per prompt \\(1\\), per ControlNet; got 2"),
+        (dict(control_image=box, controlnet=["edges", "depthish"]), "one list of them\\) per ControlNet: 2"),
         (dict(control_image=box, controlnet="edges", controlnet_conditioning_scale=[1, 2]), "one per ControlNet"),
         (dict(control_image=box, controlnet="edges", control_guidance_start=0.8, control_guidance_end=0.2), "before its end"),
         (dict(control_image=tmp_path / "missing.png", controlnet="edges"), "does not exist"),
@@ -318,6 +336,7 @@ def test_served_controlnet_through_webuiapi(controlled):
         bad_module = api.session.post(f"{api.baseurl}/txt2img", json={"prompt": "x", "steps": 2, "width": 64,
                                       "height": 64, "alwayson_scripts": {"ControlNet": {"args": [
                                           {"image": webuiapi.raw_b64_img(control), "model": "edges", "module": "depth"}]}}})
+        detected = api.controlnet_detect([photo], module="canny", processor_res=64, threshold_a=100, threshold_b=200)
         other_script = api.session.post(f"{api.baseurl}/txt2img", json={"prompt": "x", "steps": 2, "width": 64,
                                         "height": 64, "alwayson_scripts": {"ADetailer": {"args": [True]}}})
     finally:
@@ -334,6 +353,8 @@ def test_served_controlnet_through_webuiapi(controlled):
     want = controlled(PROMPT, seed=6, image=photo, strength=0.6, control_image=edges_map.resize((64, 64), Image.LANCZOS),
                       controlnet="depthish", control_mode="controlnet", **kw)
     assert np.array_equal(np.asarray(served_i2i.image.convert("RGB")), np.asarray(want.images[0]))
+    assert detected.info == "Success" and np.array_equal(  # webuiapi's detect: the preprocessor alone
+        np.asarray(detected.images[0].convert("RGB")), np.asarray(preprocess("canny", photo)))
     assert bad_model.status_code == 422 and "no model 'nope'" in bad_model.json()["detail"]
     assert "edges [" in bad_model.json()["detail"]
     assert bad_module.status_code == 422 and "no module 'depth'; available: none, canny" in bad_module.json()["detail"]

@@ -28,7 +28,7 @@ CONTROL_MODES = {"balanced": "Balanced", "prompt": "My prompt is more important"
 @dataclass(frozen=True)
 class ControlUnit:
     name: str  # the ControlNet's name in the export
-    image: np.ndarray  # [1, 3, H, W] in [0, 1], at the output size
+    images: np.ndarray  # [images of the call, 3, H, W] in [0, 1], at the output size
     scale: float
     start: float  # fractions of the schedule
     end: float
@@ -76,9 +76,9 @@ class Control:
         total: dict[str, np.ndarray] = {}
         for unit in active:
             half = len(model_input) // 2 if unit.positive_only and do_cfg else 0  # the positive prompts alone
+            images = unit.images if half or not do_cfg else np.concatenate([unit.images] * 2)
             feeds = {"sample": model_input[half:], "timestep": timestep[half:],
-                     **{k: v[half:] for k, v in conditioning.items()},
-                     "controlnet_cond": np.repeat(unit.image, len(model_input) - half, axis=0)}
+                     **{k: v[half:] for k, v in conditioning.items()}, "controlnet_cond": images}
             out = run(unit.component, feeds)
             for (name, residual), scale in zip(out.items(), unit.scales(len(out))):
                 scaled = residual * scale
@@ -98,18 +98,21 @@ def zero_residuals(unet: ComponentSpec, batch: int, height: int, width: int) -> 
 
 
 def make_control(manifest: Manifest, control_image, controlnet, scale, start, end, guess_mode: bool,
-                 width: int, height: int, control_mode=None) -> Control | None:
+                 width: int, height: int, control_mode=None, prompts: int = 1, num_images: int = 1) -> Control | None:
     """The call's Control from ``Pipeline.__call__``'s arguments (None without a control image), every value
-    checked: one image per ControlNet; scales, starts, ends and control modes as one value or one per ControlNet."""
+    checked. As diffusers: with one ControlNet (a name, or none named), ``control_image`` is an image or a list of
+    them, one per prompt; with a list of ControlNets, a list with one entry per ControlNet, each an image or a list
+    per prompt. Scales, starts, ends and control modes: one value, or one per ControlNet."""
     if control_image is None:
         if controlnet is not None:
             raise UserInputError("a ControlNet needs its control image: control_image=... (--control-image)")
         return None
-    images = list(control_image) if isinstance(control_image, (list, tuple)) else [control_image]
-    names = _names(manifest, controlnet, len(images))
-    if len(images) != len(names):
-        raise UserInputError(f"give one control image per ControlNet: {len(names)} ControlNet(s) "
-                             f"({', '.join(names)}), {len(images)} image(s)")
+    several = isinstance(controlnet, (list, tuple))
+    names = _names(manifest, controlnet)
+    entries = list(control_image) if several and isinstance(control_image, (list, tuple)) else [control_image]
+    if len(entries) != len(names):
+        raise UserInputError(f"give one control image (or one list of them) per ControlNet: {len(names)} "
+                             f"ControlNet(s) ({', '.join(names)}), {len(entries)} given")
     scales = _per_unit(scale, len(names), "controlnet_conditioning_scale", -100, 100)
     starts = _per_unit(start, len(names), "control_guidance_start", 0, 1)
     ends = _per_unit(end, len(names), "control_guidance_end", 0, 1)
@@ -121,9 +124,19 @@ def make_control(manifest: Manifest, control_image, controlnet, scale, start, en
     if guess_mode and control_mode not in (None, "guess"):
         raise UserInputError("give guess_mode (diffusers') or control_mode (AUTOMATIC1111's), not both")
     modes = _modes("guess" if guess_mode else control_mode, len(names))
-    units = tuple(ControlUnit(n, control_array(imageio.load_image(img, "control image"), width, height), *rest)
-                  for n, img, *rest in zip(names, images, scales, starts, ends, modes))
+    units = tuple(ControlUnit(n, _batch(entry, width, height, prompts, num_images), *rest)
+                  for n, entry, *rest in zip(names, entries, scales, starts, ends, modes))
     return Control(units)
+
+
+def _batch(entry, width: int, height: int, prompts: int, num_images: int) -> np.ndarray:
+    """One ControlNet's images for every image of the call: one for all, or one per prompt (each prompt's images
+    side by side, as diffusers' ``repeat_interleave``)."""
+    images = list(entry) if isinstance(entry, (list, tuple)) else [entry]
+    if len(images) not in (1, prompts):
+        raise UserInputError(f"give one control image, or one per prompt ({prompts}), per ControlNet; got {len(images)}")
+    arrays = np.concatenate([control_array(imageio.load_image(i, "control image"), width, height) for i in images])
+    return np.repeat(arrays, num_images if len(images) == prompts else prompts * num_images, axis=0)
 
 
 def _modes(control_mode, count: int) -> list[str]:
@@ -151,13 +164,13 @@ def control_array(image: Image.Image, width: int, height: int) -> np.ndarray:
     return (np.asarray(image, dtype=np.float32) / np.float32(255.0)).transpose(2, 0, 1)[None]
 
 
-def _names(manifest: Manifest, controlnet, images: int) -> list[str]:
+def _names(manifest: Manifest, controlnet) -> list[str]:
     available = controlnet_names(manifest)
     if not available:
         raise UserInputError("this export has no ControlNet; add one: sdrt add-controlnet EXPORT PATH "
                              "(or sdrt export MODEL OUT --controlnet PATH)")
     if controlnet is None:
-        if len(available) > 1 or images > 1:
+        if len(available) > 1:
             raise UserInputError(f"say which ControlNet(s) to use: controlnet=NAME or a list (--controlnet); this "
                                  f"export has {', '.join(available)}")
         names = available
@@ -182,7 +195,9 @@ def _per_unit(value, count: int, label: str, lo: float, hi: float) -> list[float
 def default_control_size(control_image, factor: int) -> tuple[int, int] | None:
     """(width, height) of the first control image rounded down to multiples of ``factor``: a ControlNet call's
     default size, as diffusers'."""
-    first = control_image[0] if isinstance(control_image, (list, tuple)) and control_image else control_image
+    first = control_image
+    while isinstance(first, (list, tuple)) and first:
+        first = first[0]
     if first is None or isinstance(first, (list, tuple)):
         return None
     return imageio.default_size(imageio.load_image(first, "control image"), factor)

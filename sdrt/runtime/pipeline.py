@@ -71,6 +71,7 @@ class Pipeline:
         self._lora_factors = FactorMaker(manifest)
         self._bind_loras(())
         self.conditioner = conditioner_for(folder, manifest, backend, embeddings)
+        self._tokenized = None  # (job, its tokens) of the running call: tokenized once for both uses
         self.refiner = refiner  # an SDXL refiner that can take over the end of the schedule
         # the scheduler the model ships with (its scheduler_config class) names the default sampler
         self.default_sampler = default_sampler(manifest.scheduler_config)
@@ -191,8 +192,9 @@ class Pipeline:
         alone (the base model's, not a refiner's), as AUTOMATIC1111 computes them. The name of a textual-inversion
         embedding of the embeddings folder in a prompt stands for its vectors, as in AUTOMATIC1111.
 
-        ``control_image`` (one, or one per ControlNet) with ``controlnet`` (the export's ControlNet name, or a list;
-        optional when the export has one) adds spatial control, with diffusers' ``controlnet_conditioning_scale``,
+        ``control_image`` with ``controlnet`` (the export's ControlNet name, or a list; optional when the export has
+        one) adds spatial control: as diffusers, one ControlNet takes an image or one per prompt, a list of ControlNets
+        a list with one entry per ControlNet (each an image or one per prompt), with diffusers' ``controlnet_conditioning_scale``,
         ``control_guidance_start`` / ``control_guidance_end`` (one number, or one per ControlNet) and ``guess_mode``,
         in every mode; text to image defaults to the control image's size, as diffusers. ``control_mode`` (instead of
         guess mode; one, or one per ControlNet) is AUTOMATIC1111's: "balanced", "prompt" (My prompt is more
@@ -205,12 +207,12 @@ class Pipeline:
                        negative_aesthetic_score)
         control = make_control(self.manifest, control_image, controlnet, controlnet_conditioning_scale,
                                control_guidance_start, control_guidance_end, guess_mode, job.width, job.height,
-                               control_mode)
+                               control_mode, len(job.prompts), job.num_images)
         job = replace(job, control=control)
         switch, extra = self._check_refiner(refiner_switch_at, job)
         chosen = self.loras.choose(job.prompts, loras)
         self._bind_loras(chosen)
-        extra |= lora_parameters(chosen) | embedding_parameters(self.conditioner.tokenize(job).embeddings)
+        extra |= lora_parameters(chosen) | embedding_parameters(self._tokens(job).embeddings)
         extra |= control_parameters(control)
         if switch is not None:  # the base down to the switch, the refiner from there, and its VAE
             final, timings = self._txt2img(job, end=switch)
@@ -222,6 +224,7 @@ class Pipeline:
             final, timings = mode(job)
             decoder = self
         images = decoder._decode(final, timings)
+        self._tokenized = None
         return GenerationResult(images, final, job.seed, image_parameters(job, self.manifest, extra), timings,
                                 job.mode, job.seeds)
 
@@ -351,12 +354,19 @@ class Pipeline:
         """The family's conditioning bundle for ``job`` (the backend told the call's shape first, so a fixed-shape
         backend refuses before any graph runs)."""
         t0 = time.perf_counter()
-        tokens = self.conditioner.tokenize(job)
+        tokens = self._tokens(job)
         controlnets = job.control.components if job.control else ()
         self.backend.prepare(RunShape(job.batch, job.height, job.width, tokens.chunks, encodes_image, controlnets))
         conditioning = self.conditioner.encode(tokens, job)
         timings["text_encoder"] = time.perf_counter() - t0
         return conditioning
+
+    def _tokens(self, job: Job):
+        """The prompts of ``job`` tokenized, once per call: the PNG parameters (which embeddings) and the conditioning
+        both need them."""
+        if self._tokenized is None or self._tokenized[0] is not job:
+            self._tokenized = (job, self.conditioner.tokenize(job))
+        return self._tokenized[1]
 
     def _latent_shape(self, job: Job) -> tuple[int, int, int, int]:
         m = self.manifest

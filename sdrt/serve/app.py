@@ -196,6 +196,13 @@ def create_app(folder: str | Path, options: ServeOptions = ServeOptions(), limit
     async def controlnet_modules(alias_names: bool = False):
         return controlnet_api.module_list()
 
+    @app.post("/controlnet/detect")
+    async def controlnet_detect(request: Request):
+        try:
+            return controlnet_api.detect(json.loads(await request.body() or b"{}"))
+        except json.JSONDecodeError as e:
+            return _error(422, f"the body is not JSON ({e})")
+
     @app.get("/sdapi/v1/loras")
     async def loras():
         """The LoRA folder's files, as AUTOMATIC1111 lists them (a prompt names one with <lora:NAME:WEIGHT>)."""

@@ -51,6 +51,22 @@ def module_list() -> dict:
             "module_detail": {m: {"model_free": False, "sliders": _SLIDERS[m]} for m in PREPROCESSORS}}
 
 
+def detect(body: dict) -> dict:
+    """``POST /controlnet/detect``: the preprocessor's maps of the images (base64 PNGs), as the extension answers;
+    the images under ``controlnet_input_images`` (the extension's name) or ``controlnet_images`` (webuiapi's)."""
+    from .a1111 import decode_image, png_base64
+
+    if not isinstance(body, dict):
+        raise UserInputError("the body must be a JSON object")
+    images = body.get("controlnet_input_images") or body.get("controlnet_images") or []
+    if not isinstance(images, list) or not images:
+        raise UserInputError("no image given: send base64 images in controlnet_input_images")
+    unit = {"module": body.get("controlnet_module", "none"), "processor_res": body.get("controlnet_processor_res", -1),
+            "threshold_a": body.get("controlnet_threshold_a", -1), "threshold_b": body.get("controlnet_threshold_b", -1)}
+    maps = [_preprocessed(unit, i, decode_image(image, f"image {i}").convert("RGB")) for i, image in enumerate(images)]
+    return {"images": [png_base64(m, "") for m in maps], "info": "Success"}
+
+
 def split_scripts(alwayson_scripts: dict) -> tuple[list, list[str]]:
     """The ControlNet units of a request's ``alwayson_scripts`` (its key in any case, as A1111 matches script
     names), and the names of the other scripts, which sdrt has not."""
