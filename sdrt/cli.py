@@ -53,12 +53,11 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 
 def cmd_add_controlnet(args: argparse.Namespace) -> None:
+    from .components import controlnet_names
     from .export.controlnet import add_to_export
 
     started = time.perf_counter()
     manifest = add_to_export(args.folder, args.controlnet, allow_pickle=args.allow_pickle)
-    from .components import controlnet_names
-
     print(f"{args.folder} has the ControlNets {', '.join(controlnet_names(manifest))} "
           f"({time.perf_counter() - started:.1f} s)")
 

@@ -70,13 +70,18 @@ class Component:
 
 
 def _latent(bounds: Bounds, f: int) -> dict[str, Range]:
-    """The latent's axes, and those of the U-Net's coarser levels (``h_2`` = ⌈h/2⌉: a stride-2 convolution with
-    padding 1 halves an odd side upwards), which the ControlNet residuals have."""
-    axes = {"h": tuple(v // f for v in bounds.height), "w": tuple(v // f for v in bounds.width)}
+    """The latent's axes, and those of the U-Net's coarser levels, which the ControlNet residuals have."""
+    sides = [level_sides(h // f, w // f) for h, w in zip(bounds.height, bounds.width)]
+    return {axis: tuple(s[axis] for s in sides) for axis in sides[0]}
+
+
+def level_sides(h: int, w: int) -> dict[str, int]:
+    """The sides of an h × w latent at each U-Net level, by axis name: ``h``, ``w``, then ``h_2`` = ⌈h/2⌉ (a stride-2
+    convolution with padding 1 halves an odd side upwards), ``w_2``, ``h_4``, …"""
+    sides = {"h": h, "w": w}
     for level in (2, 4, 8):
-        for axis in ("h", "w"):
-            axes[f"{axis}_{level}"] = tuple(-(-v // level) for v in axes[axis])
-    return axes
+        sides |= {f"h_{level}": -(-h // level), f"w_{level}": -(-w // level)}
+    return sides
 
 
 def level_axes(level: int) -> tuple[str, str]:

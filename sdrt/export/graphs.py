@@ -9,7 +9,7 @@ from typing import Callable
 import torch
 
 from ..components import (UNET, VAE_DECODER, VAE_ENCODER, WINDOW, ControlNet, Denoiser, TextEncoder, VaeDecoder,
-                          VaeEncoder, residual_specs)
+                          VaeEncoder, level_sides, residual_specs)
 from ..families import Family, TextEncoderSpec
 from ..manifest import TensorSpec
 from . import lora_sites
@@ -135,9 +135,7 @@ def unet_residuals(config) -> tuple[TensorSpec, ...]:
 
 def _random_residuals(specs: tuple[TensorSpec, ...], s: Shape, batch: int, g) -> dict[str, torch.Tensor]:
     """Residuals of the size each level has at ``s``, at a ControlNet's usual scale."""
-    sides = {"h": s.latent_h, "w": s.latent_w}
-    for level in (2, 4, 8):
-        sides |= {f"h_{level}": -(-s.latent_h // level), f"w_{level}": -(-s.latent_w // level)}
+    sides = level_sides(s.latent_h, s.latent_w)
     return {t.name: torch.randn(batch, t.shape[1], sides[t.shape[2]], sides[t.shape[3]], generator=g) * 0.1
             for t in specs}
 

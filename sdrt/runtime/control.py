@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from ..components import ControlNet, controlnet_names, is_residual
+from ..components import ControlNet, controlnet_names, is_residual, level_sides
 from ..errors import UserInputError
 from ..manifest import ComponentSpec, Manifest
 from . import images as imageio
@@ -90,9 +90,7 @@ class Control:
 
 def zero_residuals(unet: ComponentSpec, batch: int, height: int, width: int) -> dict[str, np.ndarray]:
     """The U-Net's residual inputs as zeros (a call without control): each at its level's size (⌈h/2^k⌉)."""
-    sides = {"h": height, "w": width}
-    for level in (2, 4, 8):
-        sides |= {f"h_{level}": -(-height // level), f"w_{level}": -(-width // level)}
+    sides = level_sides(height, width)
     return {t.name: np.zeros((batch, t.shape[1], sides[t.shape[2]], sides[t.shape[3]]), np.float32)
             for t in unet.inputs if is_residual(t.name)}
 
