@@ -283,6 +283,33 @@ def encode_latents(vae, images: np.ndarray, batch: int = 250):
     return torch.cat(means), torch.cat(stds)
 
 
+def frozen_shapes(args) -> tuple[Path, np.random.Generator, Log, object]:
+    """What training an add-on of the shipped ``shapes`` model starts from (the LoRA, the ControlNet): the output
+    folder, the seeded generators and threads, the log, and the model with every network frozen."""
+    import torch
+
+    from sdrt.export.sources import load_model
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    pipe = load_model("shapes").pipe
+    for network in (pipe.unet, pipe.text_encoder, pipe.vae):
+        network.requires_grad_(False)
+    return out, np.random.default_rng(args.seed), Log(out / "train.log"), pipe
+
+
+def min_snr_schedule(scheduler_config, gamma: float):
+    """The training noise schedule (DDPM, from the model's scheduler config) and each timestep's min-SNR-gamma loss
+    weight for epsilon prediction."""
+    import diffusers
+
+    schedule = diffusers.DDPMScheduler.from_config(scheduler_config)
+    snr = schedule.alphas_cumprod / (1 - schedule.alphas_cumprod)
+    return schedule, snr.clamp(max=gamma) / snr
+
+
 def batches(n: int, size: int, rng: np.random.Generator):
     """Indices of ``size`` items at a time, through a fresh permutation of ``n`` each epoch."""
     order, pos = rng.permutation(n), 0

@@ -30,7 +30,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_shapes import REPO, Log, batches, encode_latents, machine_info, timed_loop, to_tensor  # noqa: E402
+from train_shapes import (REPO, Log, batches, encode_latents, frozen_shapes, machine_info, min_snr_schedule,  # noqa: E402
+                          timed_loop, to_tensor)
 
 from sdrt import shapes  # noqa: E402
 
@@ -76,7 +77,6 @@ def make_controlnet(unet):
 
 def train(pipe, controlnet, lat_mean, lat_std, silhouettes: np.ndarray, captions: list[str], args, log: Log,
           rng: np.random.Generator) -> dict:
-    import diffusers
     import torch
 
     unet, text_encoder, scale = pipe.unet, pipe.text_encoder, pipe.vae.config.scaling_factor
@@ -88,9 +88,7 @@ def train(pipe, controlnet, lat_mean, lat_std, silhouettes: np.ndarray, captions
         texts = text_encoder(ids)[0]  # frozen: every caption encoded once
     caption_index = torch.tensor([unique.index(c) for c in captions])
     control = (to_tensor(silhouettes) + 1) / 2  # [0, 1], as the control image processor gives it
-    schedule = diffusers.DDPMScheduler.from_config(pipe.scheduler.config)
-    snr = schedule.alphas_cumprod / (1 - schedule.alphas_cumprod)
-    weights = snr.clamp(max=args.snr_gamma) / snr
+    schedule, weights = min_snr_schedule(pipe.scheduler.config, args.snr_gamma)
     params = list(controlnet.parameters())
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=1e-2)
     order = batches(len(captions), args.batch_size, rng)
@@ -184,20 +182,8 @@ at the place and size the shape should be drawn. The prompt says the colour, the
 
 
 def main(argv=None) -> int:
-    import torch
-
-    from sdrt.export.sources import load_model
-
     args = parse_args(argv)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    rng = np.random.default_rng(args.seed)
-    log = Log(out / "train.log")
-    pipe = load_model("shapes").pipe
-    for network in (pipe.unet, pipe.text_encoder, pipe.vae):
-        network.requires_grad_(False)
+    out, rng, log, pipe = frozen_shapes(args)
     images, silhouettes, captions = make_data(args.images, rng)
     lat_mean, lat_std = encode_latents(pipe.vae, images)
     controlnet = make_controlnet(pipe.unet)

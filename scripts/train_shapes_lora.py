@@ -28,7 +28,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_shapes import REPO, Log, batches, encode_latents, machine_info, timed_loop  # noqa: E402
+from train_shapes import (REPO, Log, batches, encode_latents, frozen_shapes, machine_info, min_snr_schedule,  # noqa: E402
+                          timed_loop)
 
 from sdrt import shapes  # noqa: E402
 
@@ -80,7 +81,6 @@ def add_loras(pipe, rank: int):
 
 
 def train(pipe, lat_mean, lat_std, captions: list[str], args, log: Log, rng: np.random.Generator) -> dict:
-    import diffusers
     import torch
 
     unet, text_encoder, scale = pipe.unet, pipe.text_encoder, pipe.vae.config.scaling_factor
@@ -90,9 +90,7 @@ def train(pipe, lat_mean, lat_std, captions: list[str], args, log: Log, rng: np.
     ids = pipe.tokenizer(unique, padding="max_length", max_length=pipe.tokenizer.model_max_length, truncation=True,
                          return_tensors="pt").input_ids
     caption_index = torch.tensor([unique.index(c) for c in captions])
-    schedule = diffusers.DDPMScheduler.from_config(pipe.scheduler.config)
-    snr = schedule.alphas_cumprod / (1 - schedule.alphas_cumprod)
-    weights = snr.clamp(max=args.snr_gamma) / snr
+    schedule, weights = min_snr_schedule(pipe.scheduler.config, args.snr_gamma)
     params = [p for p in list(unet.parameters()) + list(text_encoder.parameters()) if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=1e-2)
     order = batches(len(captions), args.batch_size, rng)
@@ -185,20 +183,8 @@ Use it with `<lora:{NAME}:1>` in a prompt such as `a red star on a blue backgrou
 
 
 def main(argv=None) -> int:
-    import torch
-
-    from sdrt.export.sources import load_model
-
     args = parse_args(argv)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    rng = np.random.default_rng(args.seed)
-    log = Log(out / "train.log")
-    pipe = load_model("shapes").pipe
-    for network in (pipe.unet, pipe.text_encoder, pipe.vae):
-        network.requires_grad_(False)
+    out, rng, log, pipe = frozen_shapes(args)
     images, captions = make_data(args.images, rng)
     lat_mean, lat_std = encode_latents(pipe.vae, images)
     configs = add_loras(pipe, args.rank)
