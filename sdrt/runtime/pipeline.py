@@ -401,12 +401,13 @@ class Pipeline:
         t0 = time.perf_counter()
         unet = self.manifest.components[UNET.name]
         no_control = zero_residuals(unet, 2 * job.batch if job.do_cfg else job.batch, *latents.shape[2:])
+        run_controlnet = self._run_controlnet(timings)
         for i, t in enumerate(timesteps):
             model_input = np.concatenate([latents] * 2) if job.do_cfg else latents
             model_input = scheduler.scale_model_input(model_input, t)
             timestep = np.full(len(model_input), t, dtype=np.float32)
-            residuals = job.control and job.control.residuals(self._run_controlnet(timings), i, len(timesteps),
-                                                              model_input, timestep, conditioning, job.do_cfg)
+            residuals = job.control and job.control.residuals(run_controlnet, i, len(timesteps), model_input, timestep,
+                                                              conditioning, job.do_cfg)
             if extra_channels is not None:
                 model_input = np.concatenate([model_input, extra_channels], axis=1)
             feeds = {"sample": model_input, "timestep": timestep, **conditioning, **(residuals or no_control)}
