@@ -15,7 +15,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["sdrt", "sdrt.*"]),
     package_data={"sdrt": ["data/clip/*", "data/arch/*/*.json", "data/arch/*/*/*.json", "data/weights/*/*", "data/loras/*/*",
-                           "data/controlnets/*/*/*"]},
+                           "data/controlnets/*/*/*", "serve/page/*"]},
     # The runtime: numpy + ONNX Runtime + tokenizers + Pillow (+ safetensors for LoRA files). Never torch.
     install_requires=[
         "numpy>=1.24",
@@ -51,7 +51,7 @@ setup(
         "ray": ["ray[serve]>=2.9", "fastapi>=0.110", "uvicorn>=0.27", "prometheus-client>=0.19"],
         # scipy: diffusers' LMS reference in the parity tests; webuiapi: the A1111 client the serve tests drive;
         # peft: diffusers' own LoRA loading, the reference for sdrt's
-        "test": ["pytest>=7", "scipy>=1.10", "httpx>=0.25", "webuiapi>=0.9.17", "peft>=0.17"],
+        "test": ["pytest>=7", "scipy>=1.10", "httpx>=0.25", "webuiapi>=0.9.17", "peft>=0.17", "selenium>=4.20"],
     },
     entry_points={"console_scripts": ["sdrt=sdrt.cli:main"]},
 )

@@ -220,7 +220,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     load_manifest(args.folder)  # a bad folder fails here, in one line, not inside the server
     options = ServeOptions(backend=args.backend, max_batch=args.max_batch, max_queue=args.max_queue,
                            timeout=args.timeout, refiner=args.refiner, lora_dir=args.lora_dir,
-                           embeddings_dir=args.embeddings_dir)
+                           embeddings_dir=args.embeddings_dir, preview_every=args.preview_every)
     limits = Limits(args.max_pixels, args.max_steps, args.max_images, args.max_body_bytes, args.max_prompt_chars)
     credentials = parse_credentials(args.api_auth)
     if args.host not in ("127.0.0.1", "localhost", "::1") and not credentials:
@@ -419,6 +419,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lora-dir", default=None, help="LoRAs for prompts' <lora:NAME:WEIGHT> (default: the export's loras/)")
     p.add_argument("--embeddings-dir", default=None,
                    help="textual inversions prompts name (default: the export's embeddings/)")
+    p.add_argument("--preview-every", type=int, default=5, metavar="N",
+                   help="a live preview in /sdapi/v1/progress every N steps while a client watches, within 5%% of "
+                        "the time (default 5; 0: none)")
     p.add_argument("--max-queue", type=int, default=64, help="requests waiting before 503 (default 64)")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds a request may take, waiting included (504)")
     p.add_argument("--api-auth", metavar="USER:PASSWORD[,…]", help="HTTP Basic credentials, as the WebUI's --api-auth")

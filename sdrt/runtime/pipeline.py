@@ -33,6 +33,7 @@ from .conditioning import Conditioning, conditioner_for
 from .control import default_control_size, make_control, zero_residuals
 from .infotext import control_parameters, embedding_parameters, image_parameters, lora_parameters
 from .noise import GeneratorKind
+from .preview import Preview, denoised
 from .request import Job, StepCallback, make_job
 from .schedulers import Scheduler, default_sampler, make_scheduler
 
@@ -165,6 +166,7 @@ class Pipeline:
         control_guidance_end: float | list[float] = 1.0,
         guess_mode: bool = False,
         control_mode: str | int | list | None = None,
+        preview: Preview | None = None,
     ) -> GenerationResult:
         """Generate images: text to image; with ``image``, image to image (``strength`` 0..1 of the schedule is run,
         default 0.8); with ``image`` and ``mask_image`` (white = repaint), inpainting (default strength 1); with
@@ -198,7 +200,9 @@ class Pipeline:
         ``control_guidance_start`` / ``control_guidance_end`` (one number, or one per ControlNet) and ``guess_mode``,
         in every mode; text to image defaults to the control image's size, as diffusers. ``control_mode`` (instead of
         guess mode; one, or one per ControlNet) is AUTOMATIC1111's: "balanced", "prompt" (My prompt is more
-        important), "controlnet" (ControlNet is more important)."""
+        important), "controlnet" (ControlNet is more important).
+
+        ``preview`` (``runtime.preview.Preview``) receives live previews of the batch while the loop runs."""
         if control_image is not None and image is None and (height, width) == (None, None):
             width, height = default_control_size(control_image, self.manifest.vae_scale_factor) or (None, None)
         job = make_job(self, prompt, negative_prompt, num_inference_steps, guidance_scale, height, width, seed,
@@ -208,7 +212,7 @@ class Pipeline:
         control = make_control(self.manifest, control_image, controlnet, controlnet_conditioning_scale,
                                control_guidance_start, control_guidance_end, guess_mode, job.width, job.height,
                                control_mode, len(job.prompts), job.num_images)
-        job = replace(job, control=control)
+        job = replace(job, control=control, preview=preview)
         switch, extra = self._check_refiner(refiner_switch_at, job)
         chosen = self.loras.choose(job.prompts, loras)
         self._bind_loras(chosen)
@@ -402,12 +406,15 @@ class Pipeline:
         unet = self.manifest.components[UNET.name]
         no_control = zero_residuals(unet, 2 * job.batch if job.do_cfg else job.batch, *latents.shape[2:])
         run_controlnet = self._run_controlnet(timings)
+        if job.preview is not None:
+            job.preview.start(latents)
         for i, t in enumerate(timesteps):
             model_input = np.concatenate([latents] * 2) if job.do_cfg else latents
             model_input = scheduler.scale_model_input(model_input, t)
             timestep = np.full(len(model_input), t, dtype=np.float32)
             residuals = job.control and job.control.residuals(run_controlnet, i, len(timesteps), model_input, timestep,
                                                               conditioning, job.do_cfg)
+            scaled = model_input[: len(latents)]
             if extra_channels is not None:
                 model_input = np.concatenate([model_input, extra_channels], axis=1)
             feeds = {"sample": model_input, "timestep": timestep, **conditioning, **(residuals or no_control)}
@@ -415,6 +422,8 @@ class Pipeline:
             if job.do_cfg:
                 uncond, cond = np.split(noise_pred.astype(np.float32), 2)
                 noise_pred = uncond + np.float32(job.guidance_scale) * (cond - uncond)
+            if job.preview is not None and job.preview.due(i):
+                job.preview.render(i, lambda: self._decode_preview(denoised(scheduler, scaled, noise_pred, t)))
             latents = scheduler.step(noise_pred, t, latents)
             if after_step is not None:
                 latents = after_step(i, latents)
@@ -440,6 +449,12 @@ class Pipeline:
         timings[VAE_DECODER.stage] = time.perf_counter() - t0
         _check_finite(decoded, "the VAE decoder")
         return imageio.to_pil(decoded.astype(np.float32))
+
+    def _decode_preview(self, latents: np.ndarray) -> list[Image.Image]:
+        """A live preview of ``latents`` (none where the estimate is not finite: a preview never fails a call)."""
+        decoded = self.backend.run(VAE_DECODER.name, {"latent": latents / np.float32(self.manifest.vae_scaling_factor)})
+        image = decoded["image"].astype(np.float32)
+        return imageio.to_pil(image) if np.isfinite(image).all() else []
 
 def _strength_timesteps(scheduler: Scheduler, steps: int, strength: float) -> np.ndarray:
     """The last ``strength`` part of the schedule, and the sampler told where it starts (diffusers' get_timesteps)."""

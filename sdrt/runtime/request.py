@@ -19,6 +19,7 @@ from .schedulers import canonical_name, make_scheduler
 
 if TYPE_CHECKING:
     from .control import Control
+    from .preview import Preview
     from .pipeline import Pipeline
 
 StepCallback = Callable[[int, int], "bool | None"]  # (step index, total steps); True stops the loop
@@ -60,6 +61,7 @@ class Job:
     aesthetic_score: float = 6.0  # an SDXL refiner's time ids (diffusers' defaults)
     negative_aesthetic_score: float = 2.5
     control: Control | None = None  # ControlNets and their images (runtime/control.py)
+    preview: Preview | None = None  # live previews (runtime/preview.py)
 
     @property
     def batch(self) -> int:

@@ -251,7 +251,8 @@ def job_of(request: _Common, sampling: Sampling, refiner_switch_at: float | None
 
 def png_base64(image: Image.Image, parameters: str) -> str:
     info = PngInfo()
-    info.add_text("parameters", parameters)
+    if parameters:
+        info.add_text("parameters", parameters)
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", pnginfo=info)
     return base64.b64encode(buffer.getvalue()).decode("ascii")

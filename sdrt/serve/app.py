@@ -16,11 +16,14 @@ from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ValidationError
 
 from ..errors import SdrtError, UserInputError
+from ..manifest import load_manifest
+from ..runtime.schedulers import a1111_name, default_sampler
 from . import a1111, controlnet_api, settings
 from .access import Limits, authorized
 from .batcher import Batcher, QueueFull
@@ -29,6 +32,7 @@ from .service import ServeOptions, Service
 log = logging.getLogger("sdrt")
 
 OPEN_PATHS = {"/health", "/ready", "/metrics"}  # no credentials needed (no model output, no control)
+PAGE = Path(__file__).parent / "page"  # the page GET / serves (index.html, page.js, page.css)
 
 
 class _PngInfoRequest(BaseModel):
@@ -117,9 +121,12 @@ def create_app(folder: str | Path, options: ServeOptions = ServeOptions(), limit
                 status = 503
                 return _error(503, f"the server is busy ({e}); retry later", **{"Retry-After": "2"})
             metrics.queue_depth.set(batcher.depth)
-            result = await _wait(request, job, future, options.timeout - (time.perf_counter() - arrived))
-            if result is None:
-                status = 504 if not job.cancelled else 499
+            result = await _wait(request, job, future, options.timeout - (time.perf_counter() - arrived), batcher)
+            if result is _GONE:
+                status = 499  # nginx's "client closed request": nobody reads this answer
+                return _error(499, "the client went away")
+            if result is _TIMED_OUT:
+                status = 504
                 return _error(504, f"the request waited longer than this server's timeout of {options.timeout:.0f} s "
                                   "(--timeout); retry, or ask for less")
             status = 200
@@ -175,7 +182,8 @@ def create_app(folder: str | Path, options: ServeOptions = ServeOptions(), limit
     @app.get("/sdapi/v1/sd-models")
     async def sd_models():
         service = get_service()
-        models = [_model_entry(service.model_title, service.model_name, service.model_hash, service.folder.name)]
+        models = [_model_entry(service.model_title, service.model_name, service.model_hash, service.folder.name)
+                  | {"sdrt": _model_defaults(service)}]
         if service.refiner:  # what a request's refiner_checkpoint may name
             models.append(_model_entry(a1111.checkpoint_title(*service.refiner), *service.refiner,
                                        str(service.options.refiner)))
@@ -244,13 +252,15 @@ def create_app(folder: str | Path, options: ServeOptions = ServeOptions(), limit
 
     @app.get("/sdapi/v1/progress")
     async def progress(skip_current_image: bool = False):
-        p = get_service().progress
+        service = get_service()
+        p = service.progress
         running = bool(p.steps)
+        image, _ = (None, 0) if skip_current_image else service.current_image()
         return {"progress": min(p.fraction(), 1.0) if running else 0.0, "eta_relative": p.eta() if running else 0.0,
                 "state": {"skipped": False, "interrupted": p.interrupted, "stopping_generation": False, "job": p.job,
                           "job_count": p.job_count if running else 0, "job_timestamp": time.strftime("%Y%m%d%H%M%S"),
                           "job_no": 0, "sampling_step": p.step, "sampling_steps": p.steps},
-                "current_image": None, "textinfo": None}
+                "current_image": a1111.png_base64(image, "") if image is not None else None, "textinfo": None}
 
     @app.post("/sdapi/v1/interrupt")
     async def interrupt():
@@ -260,6 +270,14 @@ def create_app(folder: str | Path, options: ServeOptions = ServeOptions(), limit
     @app.post("/sdapi/v1/png-info")
     async def png_info(body: _PngInfoRequest):
         return a1111.png_info(body.image)
+
+    # -- the page: static files of the package, which use the routes above and nothing else ------------------
+
+    @app.get("/", include_in_schema=False)
+    async def page():
+        return FileResponse(PAGE / "index.html")
+
+    app.mount("/page", StaticFiles(directory=PAGE), name="page")
 
     # -- operations ----------------------------------------------------------------------------------------
 
@@ -313,7 +331,7 @@ class _Guard:
         await self.app(scope, receive, timed_send)
 
 
-_ERROR_NAMES = {401: "Unauthorized", 422: "UnprocessableEntity", 500: "InternalServerError", 503: "ServiceUnavailable",
+_ERROR_NAMES = {401: "Unauthorized", 422: "UnprocessableEntity", 499: "ClientClosedRequest", 500: "InternalServerError", 503: "ServiceUnavailable",
                 504: "GatewayTimeout"}
 
 
@@ -345,6 +363,14 @@ def _model_entry(title: str, name: str, digest: str, filename: str) -> dict:
     return {"title": title, "model_name": name, "hash": digest, "sha256": None, "filename": filename, "config": None}
 
 
+def _model_defaults(service: Service) -> dict:
+    """sdrt's addition to a model entry, for the page and clients: the export's native size, sizes, batch, sampler."""
+    manifest = service.pipe.manifest if service.ready else load_manifest(service.folder)
+    return {"default_size": manifest.default_size, "size_range": list(manifest.size_range),
+            "max_batch": service.max_batch, "default_sampler": a1111_name(default_sampler(manifest.scheduler_config)),
+            "family": manifest.family}
+
+
 def _check_model(service: Service, model) -> None:
     """A request or option naming a checkpoint must name the one served (by title or name)."""
     if model is not None and model not in (service.model_title, service.model_name):
@@ -352,18 +378,21 @@ def _check_model(service: Service, model) -> None:
                              "another sdrt serve for it")
 
 
-async def _wait(request: Request, job, future: asyncio.Future, timeout: float):
-    """The job's result; None past the timeout or when the client went away (the job is then dropped if it has
-    not started: a queued request that nobody waits for costs nothing)."""
+_TIMED_OUT, _GONE = object(), object()
+
+
+async def _wait(request: Request, job, future: asyncio.Future, timeout: float, batcher: Batcher):
+    """The job's result; _TIMED_OUT past the timeout, _GONE when the client went away (the job is then cancelled: it leaves
+    the queue at once, or stops at its next step if it runs alone: a request nobody waits for costs nothing)."""
     deadline = time.perf_counter() + max(timeout, 0.0)
     while True:
         remaining = deadline - time.perf_counter()
         if remaining <= 0:
-            job.cancelled = True
-            return None
-        done, _ = await asyncio.wait({future}, timeout=min(remaining, 0.5))
+            batcher.cancel(job)
+            return _TIMED_OUT
+        done, _ = await asyncio.wait({future}, timeout=min(remaining, 0.25))
         if done:
             return future.result()
         if await request.is_disconnected():
-            job.cancelled = True
-            return None
+            batcher.cancel(job)
+            return _GONE

@@ -71,6 +71,13 @@ class Batcher:
         self._wake.set()
         return job.future
 
+    def cancel(self, job: Job) -> None:
+        """The job's client is gone: a queued job leaves the queue now (its place is free); a running one is
+        stopped at its next step when no other client waits on its batch (``Service.run_batch``)."""
+        job.cancelled = True
+        if job in self.pending:
+            self.pending.remove(job)
+
     def _take(self) -> list[Job]:
         """The oldest job, and the compatible ones behind it, up to ``max_batch`` images (a cancelled job is dropped)."""
         first = self.pending.popleft()
@@ -100,9 +107,11 @@ class Batcher:
                 self.on_batch(batch)
             try:
                 results = await loop.run_in_executor(self._executor, self.run, batch)
-            except Exception as e:  # the run failed: every job in it gets the error
+            except Exception as e:  # the run failed (or was stopped): every job still waited on gets the error
                 for job in batch:
-                    if not job.future.done():
+                    if job.cancelled:
+                        job.future.cancel()
+                    elif not job.future.done():
                         job.future.set_exception(e)
                 continue
             for job, result in zip(batch, results):

@@ -13,14 +13,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from ..runtime import GenerationResult, Pipeline
+from ..runtime.preview import Preview
 from .a1111 import checkpoint_title
 from .batcher import Job
 from .settings import OPTION_DEFAULTS
 
 log = logging.getLogger("sdrt")
+
+WATCH_SECONDS = 10.0  # previews are made while a client asked for one this recently
+
+
+class Cancelled(Exception):
+    """Every client of the running batch went away: the loop stops, nothing is decoded."""
 
 
 @dataclass(frozen=True)
@@ -33,6 +41,7 @@ class ServeOptions:
     refiner: str | None = None  # an SDXL refiner's export, used by requests that name it
     lora_dir: str | None = None  # where prompts' <lora:NAME:WEIGHT> tags find LoRAs (default: the export's loras/)
     embeddings_dir: str | None = None  # the textual inversions prompts name (default: the export's embeddings/)
+    preview_every: int = 5  # a live preview in /sdapi/v1/progress every N steps (0: none), within 5 % of the time
 
 
 @dataclass
@@ -44,6 +53,9 @@ class Progress:
     steps: int = 0
     started: float = 0.0
     interrupted: bool = False
+    preview: list[Image.Image] = field(default_factory=list)  # the running batch's latest live preview
+    preview_step: int = 0
+    watched: float = -1e9  # when a client last asked for the preview (none is made while nobody watches)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def fraction(self) -> float:
@@ -84,6 +96,8 @@ class Service:
         self.metrics = Metrics()
         self.a1111_options = dict(OPTION_DEFAULTS)  # POST /sdapi/v1/options changes them (settings.py reads them)
         self._loading = threading.Lock()
+        self._running: list[Job] = []  # the jobs of the batch being run
+        self.previews = Preview(self._show_preview, options.preview_every, wanted=self._watched)
 
     # -- start-up ------------------------------------------------------------------------------------------
 
@@ -165,14 +179,19 @@ class Service:
             self.progress.job_count, self.progress.step = len(pieces), 0
             self.progress.steps = params.get("num_inference_steps", 0) * len(pieces)
             self.progress.started, self.progress.interrupted = time.perf_counter(), False
+            self.progress.preview, self._running = [], jobs
         results = []
-        for start in pieces:
-            part = slice(start, start + size)
-            results.append(self.pipe(
-                prompt=prompts[part], negative_prompt=negatives[part], num_images=1,
-                seed=seeds[part][0] if image_mode else seeds[part], callback=self._step, **params))
-        with self.progress.lock:
-            self.progress.job, self.progress.steps, self.progress.step = "", 0, 0
+        try:
+            for start in pieces:
+                part = slice(start, start + size)
+                results.append(self.pipe(
+                    prompt=prompts[part], negative_prompt=negatives[part], num_images=1,
+                    seed=seeds[part][0] if image_mode else seeds[part], callback=self._step, preview=self.previews,
+                    **params))
+        finally:
+            with self.progress.lock:
+                self.progress.job, self.progress.steps, self.progress.step = "", 0, 0
+                self.progress.preview, self._running = [], []
         merged = _merge(results)
         self.metrics.images.inc(len(merged.images))
         out, at = [], 0
@@ -182,15 +201,46 @@ class Service:
         return out
 
     def _step(self, i: int, total: int) -> bool:
+        if all(job.cancelled for job in self._running):
+            raise Cancelled()  # nobody waits for these images
         with self.progress.lock:
             self.progress.step += 1
             return self.progress.interrupted  # True stops the loop; the latents so far are decoded (as A1111)
+
+    # -- live previews ------------------------------------------------------------------------------------
+
+    def current_image(self) -> tuple[Image.Image | None, int]:
+        """The running batch's latest preview (a grid for several images) and its step; asking counts as watching."""
+        with self.progress.lock:
+            self.progress.watched = time.perf_counter()
+            images, step = self.progress.preview, self.progress.preview_step
+        return (_grid(images) if images else None), step
+
+    def _watched(self) -> bool:
+        return time.perf_counter() - self.progress.watched < WATCH_SECONDS
+
+    def _show_preview(self, step: int, images: list[Image.Image]) -> None:
+        with self.progress.lock:
+            self.progress.preview, self.progress.preview_step = images, step + 1
 
 
 def _source_name(pipe: Pipeline | None, fallback: str) -> str:
     """A model's name as A1111 shows it: the stem of what it was exported from, else ``fallback``."""
     source = pipe.manifest.source.get("model") if pipe else None
     return Path(str(source)).stem if source else fallback
+
+
+def _grid(images: list[Image.Image]) -> Image.Image:
+    """The images side by side in a near-square grid, as AUTOMATIC1111's progress grid."""
+    if len(images) == 1:
+        return images[0]
+    columns = int(np.ceil(np.sqrt(len(images))))
+    rows = -(-len(images) // columns)
+    w, h = images[0].size
+    grid = Image.new("RGB", (columns * w, rows * h))
+    for k, image in enumerate(images):
+        grid.paste(image, ((k % columns) * w, (k // columns) * h))
+    return grid
 
 
 def _merge(results: list[GenerationResult]) -> GenerationResult:
