@@ -19,8 +19,18 @@ demo: $(STAMP)
 	$(PY) -m sdrt.cli export shapes $(DEMO)/shapes
 	$(PY) scripts/demo.py $(DEMO)/shapes --out $(DEMO)/contact_sheet.png
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(PY) -m pytest -q tests
+
+# the page's tests drive headless Chromium: installed from the distribution when missing and this user may
+# (root with apt-get); otherwise they skip and say how to install it
+.PHONY: browser
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	{ [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  echo "installing chromium and chromium-driver for the page's browser tests" && \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; } || \
+	echo "no browser: the page's tests will skip (apt-get install chromium chromium-driver)"
 
 # make bench: torch (diffusers) against ONNX Runtime and OpenVINO (fp32, bf16) on tiny and the SD 1.5 architecture
 # at 256x256, on this machine; the report goes to benchmarks/results/cpu (committed; linked from the README).

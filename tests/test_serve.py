@@ -6,6 +6,8 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -280,6 +282,33 @@ def test_a_client_that_leaves_costs_nothing(folder):
     assert "status=499" in log
 
 
+def test_a_client_that_leaves_frees_its_place_and_stops_its_run(folder):
+    server = Server(folder, "--max-batch", "1", "--max-queue", "1")
+    long = {"prompt": "long", "seed": 1, "width": 256, "height": 256, "steps": 150}
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            running = pool.submit(server.client.post, "/sdapi/v1/txt2img", json=long, timeout=8)
+            deadline = time.time() + 30
+            while server.client.get("/sdapi/v1/progress").json()["state"]["sampling_step"] < 1:
+                assert time.time() < deadline
+                time.sleep(0.05)
+            for seed in (2, 3):  # the queue holds one: the second is queued (not 503) only if the first left it
+                with pytest.raises(httpx.ReadTimeout):
+                    server.client.post("/sdapi/v1/txt2img", json={"prompt": "gone", "seed": seed, **SMALL},
+                                       timeout=0.6)
+                time.sleep(0.4)
+            with pytest.raises(httpx.ReadTimeout):  # the running job's client leaves too
+                running.result(timeout=60)
+        left = time.time()
+        while server.client.get("/sdapi/v1/progress").json()["state"]["sampling_steps"]:
+            assert time.time() - left < 5, "the run went on after its client left"
+            time.sleep(0.05)
+        assert _metric(server, "sdrt_images_total") == 0  # nothing decoded, nothing else run
+    finally:
+        log = server.log()
+    assert log.count("status=499") == 3
+
+
 def test_api_auth(folder):
     server = Server(folder, "--api-auth", "alice:s3cret,bob:hunter2")
     try:
@@ -316,6 +345,63 @@ def test_ray_serve_two_cpu_replicas(folder, python_api):
             _assert_same(answer.json()["images"][0], alone.images[0], levels=1)
         status = serve.status().applications["default"].deployments["sdrt"]
         assert status.replica_states.get("RUNNING") == 2
+        _a_replica_dies_mid_request(port, serve)
     finally:
         serve.shutdown()
         ray.shutdown()
+
+
+def _a_replica_dies_mid_request(port: int, serve) -> None:
+    """The replica running a request is killed (SIGKILL): that client gets an error, Ray starts a replica in its
+    place, and the next requests succeed."""
+    long = {"prompt": "long", "seed": 1, "width": 256, "height": 256, "steps": 150}
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as c, ThreadPoolExecutor(1) as pool:
+        doomed = pool.submit(c.post, "/sdapi/v1/txt2img", json=long)
+        busy = _busy_replica(_replica_pids())
+        os.kill(busy, signal.SIGKILL)
+        try:
+            assert doomed.result(timeout=60).status_code >= 500
+        except httpx.TransportError:
+            pass  # or the connection closes: either way the client learns it failed
+        deadline = time.time() + 120
+        while True:
+            states = serve.status().applications["default"].deployments["sdrt"].replica_states
+            if states.get("RUNNING") == 2 and busy not in _replica_pids():
+                break
+            assert time.time() < deadline, f"the replica did not come back: {states}"
+            time.sleep(0.5)
+        with ThreadPoolExecutor(2) as requests:
+            answers = list(requests.map(lambda i: c.post("/sdapi/v1/txt2img", json={"prompt": "after", "seed": i,
+                                                                                     **SMALL}), range(2)))
+        assert [a.status_code for a in answers] == [200, 200], [a.text for a in answers]
+
+
+def _replica_pids() -> list[int]:
+    """The processes of the Ray Serve replicas (Ray titles them ``ray::ServeReplica:APP:DEPLOYMENT``)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                if f.read().startswith(b"ray::ServeReplica:default:sdrt"):
+                    pids.append(int(entry))
+        except (OSError, ValueError):
+            continue
+    return pids
+
+
+def _busy_replica(pids: list[int], timeout: float = 60) -> int:
+    """The replica whose CPU time grows (the one running the request)."""
+    def cpu_seconds(pid: int) -> float:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        before = {pid: cpu_seconds(pid) for pid in pids}
+        time.sleep(1.0)
+        grown = {pid: cpu_seconds(pid) - t for pid, t in before.items()}
+        busy = max(grown, key=grown.get)
+        if grown[busy] > 0.5:
+            return busy
+    raise AssertionError(f"no replica of {pids} is running the request")
