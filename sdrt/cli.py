@@ -154,8 +154,9 @@ def cmd_bench(args: argparse.Namespace) -> None:
     from .benchmarks.bench import BenchOptions, run_bench
     from .benchmarks.report import write_report
 
-    if args.lora or args.controlnet:
-        return _bench_addon(args, "lora" if args.lora else "controlnet")
+    addon = next((kind for kind in ("lora", "controlnet", "preview") if getattr(args, kind)), None)
+    if addon:
+        return _bench_addon(args, addon)
     opts = BenchOptions(
         models=tuple(args.model), backends=tuple(args.backends.split(",")), sizes=args.sizes, batches=args.batches,
         steps=args.steps, sampler=args.sampler, guidance=args.guidance, precision=args.precision, warmup=args.warmup,
@@ -168,7 +169,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
 
 def _bench_addon(args: argparse.Namespace, kind: str) -> None:
-    """``sdrt bench --lora`` / ``--controlnet``: what the add-on costs (``benchmarks/lora.py``, ``controlnet.py``) on
+    """``sdrt bench --lora`` / ``--controlnet`` / ``--preview``: what the add-on costs (``benchmarks/KIND.py``) on
     the first model and size, written as KIND.json and KIND.md after each backend."""
     import importlib
 
@@ -399,6 +400,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--controlnet", action="store_true",
                    help="what one ControlNet costs a step instead: FLOPs, time split U-Net / ControlNet, peak memory "
                         "(first --model, first --sizes; a random ControlNet of the model's architecture)")
+    p.add_argument("--preview", action="store_true",
+                   help="what live previews (sdrt serve's current_image) cost a step: a preview wanted at every step "
+                        "against none (first --model, first --sizes)")
     p.add_argument("--one-at-a-time", action="store_true",
                    help="load and run one backend after the other instead of all together, interleaved: for models "
                         "two backends cannot hold at once (sdxl-arch in 24 GB)")

@@ -139,6 +139,7 @@ def test_inpaint_with_a_painted_mask(server, browser, tmp_path):
     _fill(browser, prompt=PROMPT, seed=5, steps=20, denoising_strength=0.75)
     # paint the left half of the image (the canvas shows 64 px at 256 px: a 64 px brush on screen = 16 image px)
     browser.execute_script("document.getElementById('brush').value = 64")
+    browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", canvas)
     actions = ActionChains(browser).move_to_element_with_offset(canvas, -96, -96).click_and_hold()
     for y in range(-96, 97, 24):
         actions.move_to_element_with_offset(canvas, -96, y).move_to_element_with_offset(canvas, -32, y)
@@ -195,11 +196,13 @@ def test_busy_server_is_retried_and_auth_is_asked(folder, browser):
         assert _document_status(browser, server.url + "/") == 401
         _open(browser, server.url.replace("http://", "http://alice:s3cret@"))
         slow = {"prompt": "slow", "width": 64, "height": 64, "steps": 150}
-        with ThreadPoolExecutor(2) as pool:  # one running, one queued: the queue is full
-            running = [pool.submit(server.client.post, "/sdapi/v1/txt2img", json={**slow, "seed": i},
-                                   auth=("alice", "s3cret")) for i in range(2)]
-            WebDriverWait(browser, 30).until(lambda b: server.client.get("/sdapi/v1/progress", auth=(
-                "alice", "s3cret")).json()["state"]["sampling_step"] > 0)
+        auth = ("alice", "s3cret")
+        with ThreadPoolExecutor(2) as pool:  # one running, then one queued: the queue is full
+            running = [pool.submit(server.client.post, "/sdapi/v1/txt2img", json={**slow, "seed": 0}, auth=auth)]
+            WebDriverWait(browser, 30).until(lambda b: server.client.get("/sdapi/v1/progress", auth=auth)
+                                             .json()["state"]["sampling_step"] > 0)
+            running.append(pool.submit(server.client.post, "/sdapi/v1/txt2img", json={**slow, "seed": 1}, auth=auth))
+            time.sleep(0.5)
             _fill(browser, prompt=PROMPT, steps=5)
             browser.find_element(By.ID, "generate").click()
             WebDriverWait(browser, 30).until(lambda b: "busy" in b.find_element(By.ID, "status").text)

@@ -255,7 +255,7 @@ def create_app(folder: str | Path, options: ServeOptions = ServeOptions(), limit
         service = get_service()
         p = service.progress
         running = bool(p.steps)
-        image, _ = (None, 0) if skip_current_image else service.current_image()
+        image = None if skip_current_image else service.current_image()
         return {"progress": min(p.fraction(), 1.0) if running else 0.0, "eta_relative": p.eta() if running else 0.0,
                 "state": {"skipped": False, "interrupted": p.interrupted, "stopping_generation": False, "job": p.job,
                           "job_count": p.job_count if running else 0, "job_timestamp": time.strftime("%Y%m%d%H%M%S"),
@@ -382,8 +382,8 @@ _TIMED_OUT, _GONE = object(), object()
 
 
 async def _wait(request: Request, job, future: asyncio.Future, timeout: float, batcher: Batcher):
-    """The job's result; _TIMED_OUT past the timeout, _GONE when the client went away (the job is then cancelled: it leaves
-    the queue at once, or stops at its next step if it runs alone: a request nobody waits for costs nothing)."""
+    """The job's result; _TIMED_OUT past the timeout, _GONE when the client went away (the job is then cancelled: it
+    leaves the queue at once, or stops at its next step if it runs alone: a request nobody waits for costs nothing)."""
     deadline = time.perf_counter() + max(timeout, 0.0)
     while True:
         remaining = deadline - time.perf_counter()

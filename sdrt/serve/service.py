@@ -41,7 +41,7 @@ class ServeOptions:
     refiner: str | None = None  # an SDXL refiner's export, used by requests that name it
     lora_dir: str | None = None  # where prompts' <lora:NAME:WEIGHT> tags find LoRAs (default: the export's loras/)
     embeddings_dir: str | None = None  # the textual inversions prompts name (default: the export's embeddings/)
-    preview_every: int = 5  # a live preview in /sdapi/v1/progress every N steps (0: none), within 5 % of the time
+    preview_every: int = 5  # a live preview in /sdapi/v1/progress every N steps (0: none), within 4 % of the time
 
 
 @dataclass
@@ -54,7 +54,6 @@ class Progress:
     started: float = 0.0
     interrupted: bool = False
     preview: list[Image.Image] = field(default_factory=list)  # the running batch's latest live preview
-    preview_step: int = 0
     watched: float = -1e9  # when a client last asked for the preview (none is made while nobody watches)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -209,19 +208,19 @@ class Service:
 
     # -- live previews ------------------------------------------------------------------------------------
 
-    def current_image(self) -> tuple[Image.Image | None, int]:
-        """The running batch's latest preview (a grid for several images) and its step; asking counts as watching."""
+    def current_image(self) -> Image.Image | None:
+        """The running batch's latest preview (a grid for several images); asking counts as watching."""
         with self.progress.lock:
             self.progress.watched = time.perf_counter()
-            images, step = self.progress.preview, self.progress.preview_step
-        return (_grid(images) if images else None), step
+            images = self.progress.preview
+        return _grid(images) if images else None
 
     def _watched(self) -> bool:
         return time.perf_counter() - self.progress.watched < WATCH_SECONDS
 
     def _show_preview(self, step: int, images: list[Image.Image]) -> None:
         with self.progress.lock:
-            self.progress.preview, self.progress.preview_step = images, step + 1
+            self.progress.preview = images
 
 
 def _source_name(pipe: Pipeline | None, fallback: str) -> str:

@@ -273,7 +273,7 @@ function paint(event) {
   const box = canvas.getBoundingClientRect();
   const scale = canvas.width / box.width;
   const context = canvas.getContext("2d");
-  context.fillStyle = "white";
+  context.fillStyle = "#e8590c";  // shown at half opacity over the image; any painted pixel is "repaint"
   context.beginPath();
   context.arc((event.clientX - box.left) * scale, (event.clientY - box.top) * scale,
               number("brush") * scale / 2, 0, 2 * Math.PI);
@@ -282,13 +282,17 @@ function paint(event) {
 }
 
 function maskImage() {
-  // white = repaint, on black: the strokes of the mask canvas flattened
+  // A1111's mask: white = repaint, black = keep; every painted pixel of the mask canvas is white
   const mask = $("mask-canvas");
+  const pixels = mask.getContext("2d").getImageData(0, 0, mask.width, mask.height);
+  const data = pixels.data;
+  for (let i = 0; i < data.length; i += 4) {
+    const value = data[i + 3] > 0 ? 255 : 0;
+    data[i] = data[i + 1] = data[i + 2] = value;
+    data[i + 3] = 255;
+  }
   const flat = Object.assign(document.createElement("canvas"), { width: mask.width, height: mask.height });
-  const context = flat.getContext("2d");
-  context.fillStyle = "black";
-  context.fillRect(0, 0, flat.width, flat.height);
-  context.drawImage(mask, 0, 0);
+  flat.getContext("2d").putImageData(pixels, 0, 0);
   return flat.toDataURL("image/png");
 }
 
@@ -325,7 +329,7 @@ function bindControls() {
     state.maskPainted = false;
   });
   const mask = $("mask-canvas");
-  mask.addEventListener("pointerdown", (e) => { mask.setPointerCapture(e.pointerId); paint(e); });
+  mask.addEventListener("pointerdown", (e) => { e.preventDefault(); mask.setPointerCapture(e.pointerId); paint(e); });
   mask.addEventListener("pointermove", (e) => { if (e.buttons & 1) paint(e); });
   bindDrop();
   showMode();
