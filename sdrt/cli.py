@@ -46,10 +46,19 @@ def cmd_export(args: argparse.Namespace) -> None:
         max_batch=args.max_batch,
         lora=not args.no_lora,
         controlnets=args.controlnet,
+        tiny_vae=args.tiny_vae,
     )
     print((Path(args.out) / "validation.txt").read_text(), end="")
     print(f"exported {args.model} ({manifest.family}, {manifest.precision}) to {args.out} "
           f"in {time.perf_counter() - started:.1f} s")
+
+
+def cmd_add_tiny_vae(args: argparse.Namespace) -> None:
+    from .export.tiny_vae import add_to_export
+
+    started = time.perf_counter()
+    add_to_export(args.folder, args.source)
+    print(f"added the tiny VAE decoder of {args.source} to {args.folder} in {time.perf_counter() - started:.1f} s")
 
 
 def cmd_add_controlnet(args: argparse.Namespace) -> None:
@@ -124,6 +133,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
                 control_guidance_start=_one_or_list(args.control_start, 0.0),
                 control_guidance_end=_one_or_list(args.control_end, 1.0),
                 guess_mode=args.guess_mode,
+                vae=args.vae,
             )
         finally:
             if bar is not None:
@@ -287,6 +297,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH, help=f"largest number of images per call (default {DEFAULT_MAX_BATCH})")
     p.add_argument("--controlnet", action="append", default=[], metavar="[NAME=]PATH",
                    help="add a ControlNet (diffusers folder or .safetensors file; repeatable)")
+    p.add_argument("--tiny-vae", metavar="PATH|random",
+                   help="a tiny VAE decoder for live previews and --vae tiny: a diffusers AutoencoderTiny folder "
+                        "(madebyollin/taesd for SD 1.x/2.x, taesdxl for SDXL) or 'random' (built-ins that ship one "
+                        "have it)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("add-controlnet", help="add ControlNets to an export folder (the base is not exported again)")
@@ -294,6 +308,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("controlnet", nargs="+", metavar="[NAME=]PATH", help="diffusers ControlNet folder or .safetensors file")
     p.add_argument("--allow-pickle", action="store_true", help="allow pickle files (.pth/.bin): they can run code")
     p.set_defaults(func=cmd_add_controlnet)
+
+    p = sub.add_parser("add-tiny-vae", help="add a tiny VAE decoder to an export folder (previews, --vae tiny)")
+    p.add_argument("folder", help="export folder (from sdrt export)")
+    p.add_argument("source", metavar="PATH|random",
+                   help="a diffusers AutoencoderTiny folder (madebyollin/taesd, taesdxl) or 'random'")
+    p.set_defaults(func=cmd_add_tiny_vae)
 
     p = sub.add_parser("build", help="build TensorRT engines (fp16 from --fp16 exports) for an export folder",
                        description="One engine per component and profile into FOLDER/engines, cached by content: "
@@ -369,6 +389,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--control-end", action="append", type=float, default=[], metavar="F",
                    help="fraction of the schedule where control ends (default 1)")
     p.add_argument("--guess-mode", action="store_true", help="ControlNet guess mode (diffusers')")
+    p.add_argument("--vae", choices=("full", "tiny"), default="full",
+                   help="the decoder: the model's VAE, or the export's tiny VAE (sdrt export --tiny-vae; cheaper)")
     p.add_argument("--backend", default="onnxruntime",
                    help="onnxruntime, openvino (CPU fast path), tensorrt or tensorrt-rtx (GPU engines from sdrt build; "
                         "':auto-build' builds missing ones) or auto (the fastest here); default onnxruntime")

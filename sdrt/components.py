@@ -33,6 +33,7 @@ class RunShape:
     chunks: int = 1  # 75-token prompt chunks
     encodes_image: bool = False  # img2img / inpainting also run the VAE encoder
     controlnets: tuple[str, ...] = ()  # the ControlNet components the call runs
+    tiny_vae: bool = False  # the call may run the tiny VAE decoder (its image, or live previews)
 
 
 class Bounds(Protocol):
@@ -203,6 +204,17 @@ class VaeDecoder(Component):
                 (TensorSpec("image", "float32", ("B", 3, "H", "W")),))
 
 
+class TinyVaeDecoder(VaeDecoder):
+    """An ``AutoencoderTiny`` (TAESD's architecture) decoder with the VAE decoder's IO: a cheap decoder for live
+    previews and, when asked, for the image. Loaded when a call first runs it."""
+
+    name = "vae_decoder_tiny"
+    on_demand = True
+
+    def runs_in(self, shape: RunShape) -> bool:
+        return shape.tiny_vae
+
+
 class VaeEncoder(Component):
     """``image`` [B, 3, H, W] → the posterior's ``latent`` (mean) and ``latent_std`` [B, C, h, w]; run only by
     image to image and inpainting, one image at a time."""
@@ -224,7 +236,9 @@ class VaeEncoder(Component):
 
 TEXT_ENCODER, UNET, VAE_DECODER, VAE_ENCODER = TextEncoder(), Denoiser(), VaeDecoder(), VaeEncoder()
 TEXT_ENCODER_2 = TextEncoder("text_encoder_2")  # SDXL's OpenCLIP ViT-bigG, with the pooled output
-COMPONENTS: dict[str, Component] = {c.name: c for c in (TEXT_ENCODER, TEXT_ENCODER_2, UNET, VAE_DECODER, VAE_ENCODER)}
+TINY_VAE_DECODER = TinyVaeDecoder()
+COMPONENTS: dict[str, Component] = {c.name: c for c in (TEXT_ENCODER, TEXT_ENCODER_2, UNET, VAE_DECODER, VAE_ENCODER,
+                                                        TINY_VAE_DECODER)}
 
 
 def describe(name: str) -> Component:

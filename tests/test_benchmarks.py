@@ -148,3 +148,21 @@ def test_controlnet_bench_splits_the_step_and_counts_both_graphs(export_dir, tmp
     assert ort["seconds"]["no control"]["controlnet_step"]["median"] == 0
     assert all(isinstance(v, float) and v > 0 for v in ort["peak_rss_mib"].values())
     assert "| onnxruntime |" in text(report)
+
+
+def test_preview_bench_measures_both_decoders(export_dir, tmp_path):
+    """sdrt bench --preview on a copy of tiny: a random tiny VAE is added, and requests with a preview wanted at every
+    step (by the VAE and by the tiny VAE) are timed against requests without."""
+    import shutil
+
+    from sdrt.benchmarks.preview import PreviewBenchOptions, bench_preview, text
+
+    folder = tmp_path / "tiny"
+    shutil.copytree(export_dir("tiny", lora=False), folder)
+    opts = PreviewBenchOptions(model=str(folder), backends=("onnxruntime",), size=64, steps=4, warmup=1, repeats=1,
+                               work_dir=tmp_path / "work")
+    report = bench_preview(opts, log=lambda msg: None)
+    decoders = report["backends"]["onnxruntime"]["decoders"]
+    assert set(decoders) == {"VAE", "tiny VAE"}
+    assert all(d["decode_seconds"] > 0 and d["step_with_vs_without"] > 0 for d in decoders.values())
+    assert "| onnxruntime | tiny VAE |" in text(report)

@@ -57,6 +57,13 @@ def shipped_controlnets(name: str) -> list[tuple[str, Path]]:
     return [(p.name, p) for p in sorted(folder.iterdir()) if (p / "config.json").is_file()] if folder and folder.is_dir() else []
 
 
+def shipped_tiny_vae(name: str) -> Path | None:
+    """The tiny VAE decoder (a diffusers AutoencoderTiny folder) shipped for the built-in ``name``, if any."""
+    model = BUILTIN_MODELS.get(name)
+    folder = WEIGHTS_DIR / f"{model.arch}-tiny-vae" if model else None
+    return folder if folder and (folder / "config.json").is_file() else None
+
+
 def _json(path: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
 

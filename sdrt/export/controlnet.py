@@ -12,21 +12,16 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import json
 import logging
 import re
-import shutil
-import tempfile
 from pathlib import Path
 
 from ..components import UNET, is_residual
 from ..errors import ExportError, ModelSourceError
-from ..fileio import write_json, write_text
-from ..integrity import verify_export
-from ..manifest import Manifest, load_manifest
+from ..manifest import Manifest
+from .additions import add_to_folder
 from .graphs import controlnet_graph
 from .sources import PICKLE_SUFFIXES, pickle_refusal
-from .validate import as_json, report
 
 log = logging.getLogger("sdrt.export")
 
@@ -165,33 +160,11 @@ def add_controlnets(folder: Path, manifest: Manifest, sources: list[tuple[str, P
     return manifest, all_checks
 
 
-def record_checks(folder: Path, checks: list) -> None:
-    """The ControlNets' checks added to the export's validation report (validation.txt and .json)."""
-    if not checks:
-        return
-    old = json.loads((folder / "validation.json").read_text()) if (folder / "validation.json").is_file() else []
-    write_json(folder / "validation.json", old + as_json(checks))
-    text = (folder / "validation.txt").read_text() if (folder / "validation.txt").is_file() else report([]) + "\n"
-    write_text(folder / "validation.txt", text + "\n".join(report(checks).splitlines()[1:]) + "\n")
-
-
 def add_to_export(folder: str | Path, sources: list[str], allow_pickle: bool = False, validate: bool = True) -> Manifest:
-    """``sdrt add-controlnet``: the ControlNets into an existing export. Each graph is written to a scratch folder
-    first and moved into place only when all are exported and checked; the manifest is written last."""
-    folder = Path(folder)
-    manifest = load_manifest(folder)
+    """``sdrt add-controlnet``: the ControlNets into an existing export (``additions.add_to_folder``)."""
     named = [parse_source(s) for s in sources]
-    scratch = Path(tempfile.mkdtemp(prefix=".controlnet-", dir=folder))
-    try:
-        manifest, checks = add_controlnets(scratch, manifest, named, allow_pickle, validate)
-        for file in scratch.iterdir():
-            file.replace(folder / file.name)
-        record_checks(folder, checks)
-        manifest.save(folder)
-        verify_export(folder, manifest)  # hashes the new graphs (and any base graph not verified since it changed)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    return manifest
+    return add_to_folder(folder, lambda scratch, manifest: add_controlnets(scratch, manifest, named, allow_pickle,
+                                                                           validate))
 
 
 def random_controlnet(unet_config: dict, latent_channels: int, seed: int, scale: float = 1.0,

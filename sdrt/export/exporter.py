@@ -18,9 +18,11 @@ from ..manifest import DEFAULT_MAX_BATCH, MANIFEST_NAME, ComponentSpec, Manifest
 from ..fileio import write_json, write_text
 from ..integrity import remember_verified
 from . import builtin, memory, onnx_io
-from .controlnet import add_controlnets, parse_source, record_checks
+from .additions import record_checks
+from .controlnet import add_controlnets, parse_source
 from .graphs import ComponentGraph, Shape, component_graphs
 from .sources import load_model
+from .tiny_vae import load_tiny_vae, tiny_vae_graph
 from .validate import Check, as_json, references, report, validate_graph
 
 log = logging.getLogger("sdrt.export")
@@ -136,20 +138,24 @@ def export(
     validate: bool = True,
     lora: bool = True,
     controlnets: list[str] = (),
+    tiny_vae: str | None = None,
 ) -> Manifest:
     """Export ``model`` (built-in name, diffusers folder or .safetensors) to the folder ``out``.
 
     Each graph is validated against PyTorch at two shapes; past the tolerance the export fails
     and ``out`` is left as it was. ``lora=False`` leaves out the LoRA sites (``lora_sites``): graphs that cannot
     take LoRAs, for comparison. ``controlnets``: ControlNets to add (``PATH`` or ``NAME=PATH``, see
-    ``export/controlnet.py``), each its own graph.
+    ``export/controlnet.py``), each its own graph. ``tiny_vae``: a diffusers AutoencoderTiny folder (or ``random``)
+    exported as the tiny decoder ``vae_decoder_tiny`` (``export/tiny_vae.py``); a built-in that ships one has it
+    by default.
     """
     out = Path(out)
     started = time.perf_counter()
     named = [parse_source(s) for s in controlnets]
     need = memory.check_fits(model, fp16)
     with memory.freed_memory_returned(bool(need and need > memory.BIG_EXPORT_BYTES)):
-        return _export(model, out, fp16, allow_pickle, arch, size_range, max_batch, validate, lora, named, started)
+        return _export(model, out, fp16, allow_pickle, arch, size_range, max_batch, validate, lora, named, tiny_vae,
+                       started)
 
 
 def _copy_shipped_loras(model: str, folder: Path) -> None:
@@ -163,7 +169,7 @@ def _copy_shipped_loras(model: str, folder: Path) -> None:
 
 def _export(model: str, out: Path, fp16: bool, allow_pickle: bool, arch: str | None,
             size_range: tuple[int, int] | None, max_batch: int, validate: bool, lora: bool,
-            controlnets: list[tuple[str, Path]], started: float) -> Manifest:
+            controlnets: list[tuple[str, Path]], tiny_vae: str | None, started: float) -> Manifest:
     loaded = load_model(model, allow_pickle=allow_pickle, arch=arch, dtype=torch.float16 if fp16 else None)
     pipe = loaded.pipe
     scheduler_config = {k: v for k, v in dict(pipe.scheduler.config).items() if not k.startswith("_")}
@@ -185,11 +191,15 @@ def _export(model: str, out: Path, fp16: bool, allow_pickle: bool, arch: str | N
     try:
         components, checks = {}, []
         graphs = component_graphs(pipe, family, lora)
+        tiny_vae = tiny_vae or (builtin.shipped_tiny_vae(loaded.name) if loaded.kind == "builtin" else None)
+        if tiny_vae:  # before the U-Net, which stays last (the biggest, traced once the others are freed)
+            taesd = load_tiny_vae(tiny_vae, facts["latent_channels"], scale)
+            graphs.insert(-1, tiny_vae_graph(taesd, facts["vae_scaling_factor"], facts["latent_channels"]))
         while graphs:  # popped, so that a network's last graph holds the only references to it
             source, name = graphs[0].source, graphs[0].name
-            graph_precision = "fp32" if source == "vae" and facts["vae_fp32"] else precision
+            graph_precision = "fp32" if source in ("vae", "tiny_vae") and facts["vae_fp32"] else precision
             last_use = source not in {g.source for g in graphs[1:]}
-            release = (lambda source=source: setattr(pipe, source, None)) if last_use else None
+            release = (lambda source=source: setattr(pipe, source, None)) if last_use and hasattr(pipe, source) else None
             components[name], graph_checks = export_graph(graphs.pop(0), tmp, graph_precision, size_range, scale,
                                                            validate, release)
             checks += graph_checks

@@ -19,7 +19,7 @@ from typing import Callable, Literal
 import numpy as np
 from PIL import Image
 
-from ..components import UNET, VAE_DECODER, VAE_ENCODER, RunShape
+from ..components import TINY_VAE_DECODER, UNET, VAE_DECODER, VAE_ENCODER, RunShape
 from ..errors import ManifestError, SdrtError, UserInputError
 from ..embeddings.files import Embedding
 from ..embeddings.library import EmbeddingLibrary
@@ -74,6 +74,8 @@ class Pipeline:
         self.conditioner = conditioner_for(folder, manifest, backend, embeddings)
         self._tokenized = None  # (job, its tokens) of the running call: tokenized once for both uses
         self.refiner = refiner  # an SDXL refiner that can take over the end of the schedule
+        # what decodes live previews: the tiny VAE where the export has one (sdrt export --tiny-vae)
+        self.preview_decoder = (TINY_VAE_DECODER if self.has_tiny_vae else VAE_DECODER).name
         # the scheduler the model ships with (its scheduler_config class) names the default sampler
         self.default_sampler = default_sampler(manifest.scheduler_config)
 
@@ -167,6 +169,7 @@ class Pipeline:
         guess_mode: bool = False,
         control_mode: str | int | list | None = None,
         preview: Preview | None = None,
+        vae: str = "full",
     ) -> GenerationResult:
         """Generate images: text to image; with ``image``, image to image (``strength`` 0..1 of the schedule is run,
         default 0.8); with ``image`` and ``mask_image`` (white = repaint), inpainting (default strength 1); with
@@ -202,7 +205,9 @@ class Pipeline:
         guess mode; one, or one per ControlNet) is AUTOMATIC1111's: "balanced", "prompt" (My prompt is more
         important), "controlnet" (ControlNet is more important).
 
-        ``preview`` (``runtime.preview.Preview``) receives live previews of the batch while the loop runs."""
+        ``preview`` (``runtime.preview.Preview``) receives live previews of the batch while the loop runs (decoded by
+        the tiny VAE where the export has one). ``vae="tiny"`` decodes the images with the export's tiny VAE decoder
+        (``sdrt export --tiny-vae``): much cheaper, a little less exact."""
         if control_image is not None and image is None and (height, width) == (None, None):
             width, height = default_control_size(control_image, self.manifest.vae_scale_factor) or (None, None)
         job = make_job(self, prompt, negative_prompt, num_inference_steps, guidance_scale, height, width, seed,
@@ -212,12 +217,13 @@ class Pipeline:
         control = make_control(self.manifest, control_image, controlnet, controlnet_conditioning_scale,
                                control_guidance_start, control_guidance_end, guess_mode, job.width, job.height,
                                control_mode, len(job.prompts), job.num_images)
-        job = replace(job, control=control, preview=preview)
+        job = replace(job, control=control, preview=preview, vae=vae)
         switch, extra = self._check_refiner(refiner_switch_at, job)
+        self._check_vae(vae, self.refiner if switch is not None else self)
         chosen = self.loras.choose(job.prompts, loras)
         self._bind_loras(chosen)
         extra |= lora_parameters(chosen) | embedding_parameters(self._tokens(job).embeddings)
-        extra |= control_parameters(control)
+        extra |= control_parameters(control) | ({"VAE": "tiny"} if vae == "tiny" else {})
         if switch is not None:  # the base down to the switch, the refiner from there, and its VAE
             final, timings = self._txt2img(job, end=switch)
             final, refined = self.refiner._refine(job, final, start=switch)
@@ -227,7 +233,7 @@ class Pipeline:
             mode = self._inpaint if job.mask is not None else self._img2img if job.init is not None else self._txt2img
             final, timings = mode(job)
             decoder = self
-        images = decoder._decode(final, timings)
+        images = decoder._decode(final, timings, tiny=vae == "tiny")
         self._tokenized = None
         return GenerationResult(images, final, job.seed, image_parameters(job, self.manifest, extra), timings,
                                 job.mode, job.seeds)
@@ -360,7 +366,8 @@ class Pipeline:
         t0 = time.perf_counter()
         tokens = self._tokens(job)
         controlnets = job.control.components if job.control else ()
-        self.backend.prepare(RunShape(job.batch, job.height, job.width, tokens.chunks, encodes_image, controlnets))
+        tiny = job.vae == "tiny" or (job.preview is not None and self.preview_decoder == TINY_VAE_DECODER.name)
+        self.backend.prepare(RunShape(job.batch, job.height, job.width, tokens.chunks, encodes_image, controlnets, tiny))
         conditioning = self.conditioner.encode(tokens, job)
         timings["text_encoder"] = time.perf_counter() - t0
         return conditioning
@@ -442,17 +449,31 @@ class Pipeline:
             return out
         return run
 
-    def _decode(self, latents: np.ndarray, timings: dict) -> list[Image.Image]:
+    def _decode(self, latents: np.ndarray, timings: dict, tiny: bool = False) -> list[Image.Image]:
         t0 = time.perf_counter()
         latent = latents / np.float32(self.manifest.vae_scaling_factor)
-        decoded = self.backend.run(VAE_DECODER.name, {"latent": latent})["image"]
+        decoded = self.backend.run((TINY_VAE_DECODER if tiny else VAE_DECODER).name, {"latent": latent})["image"]
         timings[VAE_DECODER.stage] = time.perf_counter() - t0
         _check_finite(decoded, "the VAE decoder")
         return imageio.to_pil(decoded.astype(np.float32))
 
+    @property
+    def has_tiny_vae(self) -> bool:
+        return TINY_VAE_DECODER.name in self.manifest.components
+
+    def _check_vae(self, vae: str, decoder: Pipeline) -> None:
+        if vae not in ("full", "tiny"):
+            raise UserInputError(f"vae must be 'full' or 'tiny', got {vae!r}")
+        if vae == "tiny" and not decoder.has_tiny_vae:
+            raise UserInputError(f"{decoder.folder} has no tiny VAE decoder: add one with `sdrt add-tiny-vae "
+                                 f"{decoder.folder} PATH` (a diffusers AutoencoderTiny folder such as "
+                                 "madebyollin/taesd), or use the full VAE")
+
     def _decode_preview(self, latents: np.ndarray) -> list[Image.Image]:
-        """A live preview of ``latents`` (none where the estimate is not finite: a preview never fails a call)."""
-        decoded = self.backend.run(VAE_DECODER.name, {"latent": latents / np.float32(self.manifest.vae_scaling_factor)})
+        """A live preview of ``latents`` by ``preview_decoder`` (none where the estimate is not finite: a preview
+        never fails a call)."""
+        decoded = self.backend.run(self.preview_decoder,
+                                   {"latent": latents / np.float32(self.manifest.vae_scaling_factor)})
         image = decoded["image"].astype(np.float32)
         return imageio.to_pil(image) if np.isfinite(image).all() else []
 

@@ -32,7 +32,8 @@ class Preview:
     wanted: Callable[[], bool] = lambda: True
     _started: float = 0.0
     _spent: float = 0.0
-    _seconds_per_pixel: float = 0.0  # the cheapest decode so far, per latent pixel (the first ones pay warm-ups)
+    _seconds_per_pixel: float = 0.0  # the cheapest decode so far, per latent pixel
+    _decodes: int = 0
     _pixels: int = field(default=0, repr=False)
 
     def start(self, latents: np.ndarray) -> None:
@@ -51,8 +52,10 @@ class Preview:
         images = decode()
         seconds = time.perf_counter() - t0
         self._spent += seconds
-        cost = seconds / max(self._pixels, 1)
-        self._seconds_per_pixel = min(self._seconds_per_pixel, cost) if self._seconds_per_pixel else cost
+        self._decodes += 1
+        if self._decodes > 1:  # the first decode pays the decoder's compilation and warm-up: not an estimate
+            cost = seconds / max(self._pixels, 1)
+            self._seconds_per_pixel = min(self._seconds_per_pixel, cost) if self._seconds_per_pixel else cost
         if images:
             self.show(step, images)
 

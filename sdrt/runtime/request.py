@@ -62,6 +62,7 @@ class Job:
     negative_aesthetic_score: float = 2.5
     control: Control | None = None  # ControlNets and their images (runtime/control.py)
     preview: Preview | None = None  # live previews (runtime/preview.py)
+    vae: str = "full"  # the decoder of the images: "full", or "tiny" (the export's vae_decoder_tiny)
 
     @property
     def batch(self) -> int:
