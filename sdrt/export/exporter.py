@@ -199,7 +199,8 @@ def _export(model: str, out: Path, fp16: bool, allow_pickle: bool, arch: str | N
             source, name = graphs[0].source, graphs[0].name
             graph_precision = "fp32" if source in ("vae", "tiny_vae") and facts["vae_fp32"] else precision
             last_use = source not in {g.source for g in graphs[1:]}
-            release = (lambda source=source: setattr(pipe, source, None)) if last_use and hasattr(pipe, source) else None
+            owned = last_use and hasattr(pipe, source)  # the tiny VAE is not one of the pipeline's networks
+            release = (lambda source=source: setattr(pipe, source, None)) if owned else None
             components[name], graph_checks = export_graph(graphs.pop(0), tmp, graph_precision, size_range, scale,
                                                            validate, release)
             checks += graph_checks

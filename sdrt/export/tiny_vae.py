@@ -44,7 +44,8 @@ def random_tiny_vae(latent_channels: int, vae_scale: int, seed: int = 0, channel
     levels = int(math.log2(vae_scale)) + 1
     torch.manual_seed(seed)
     return AutoencoderTiny(latent_channels=latent_channels, encoder_block_out_channels=(channels,) * levels,
-                           decoder_block_out_channels=(channels,) * levels, num_encoder_blocks=(1,) + (blocks,) * (levels - 1),
+                           decoder_block_out_channels=(channels,) * levels,
+                           num_encoder_blocks=(1,) + (blocks,) * (levels - 1),
                            num_decoder_blocks=(blocks,) * (levels - 1) + (1,)).eval()
 
 

@@ -367,7 +367,8 @@ class Pipeline:
         tokens = self._tokens(job)
         controlnets = job.control.components if job.control else ()
         tiny = job.vae == "tiny" or (job.preview is not None and self.preview_decoder == TINY_VAE_DECODER.name)
-        self.backend.prepare(RunShape(job.batch, job.height, job.width, tokens.chunks, encodes_image, controlnets, tiny))
+        self.backend.prepare(RunShape(job.batch, job.height, job.width, tokens.chunks, encodes_image, controlnets,
+                                      tiny))
         conditioning = self.conditioner.encode(tokens, job)
         timings["text_encoder"] = time.perf_counter() - t0
         return conditioning

@@ -331,8 +331,8 @@ class _Guard:
         await self.app(scope, receive, timed_send)
 
 
-_ERROR_NAMES = {401: "Unauthorized", 422: "UnprocessableEntity", 499: "ClientClosedRequest", 500: "InternalServerError", 503: "ServiceUnavailable",
-                504: "GatewayTimeout"}
+_ERROR_NAMES = {401: "Unauthorized", 422: "UnprocessableEntity", 499: "ClientClosedRequest", 500: "InternalServerError",
+                503: "ServiceUnavailable", 504: "GatewayTimeout"}
 
 
 def _error(status: int, detail: str, **headers) -> JSONResponse:

@@ -142,7 +142,9 @@ async function generate() {
       state.retrying = true;  // the progress shown meanwhile is someone else's job: keep saying why we wait
       await sleep(wait * 1000, controller.signal).finally(() => { state.retrying = false; });
     }
-    if (response.status === 401) throw new Error("The server asks for a user name and password (--api-auth): reload the page to log in.");
+    if (response.status === 401) {
+      throw new Error("The server asks for a user name and password (--api-auth): reload the page to log in.");
+    }
     if (!response.ok) throw new Error(await detail(response));
     showResults(await response.json());
   } catch (e) {
