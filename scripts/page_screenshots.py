@@ -8,7 +8,6 @@ chromium-driver) and an export of shapes:
 from __future__ import annotations
 
 import argparse
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -18,12 +17,13 @@ from pathlib import Path
 import httpx
 import numpy as np
 from PIL import Image
-from selenium import webdriver
-from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-from sdrt import shapes
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from page_driver import chromium, fill, open_page, paint_left_half, results, upload_for_inpainting  # noqa: E402
+
+from sdrt import shapes  # noqa: E402
 
 
 def main() -> None:
@@ -36,7 +36,7 @@ def main() -> None:
     server = subprocess.Popen([sys.executable, "-m", "sdrt.cli", "serve", args.folder, "--port", str(args.port)])
     try:
         _wait_ready(url)
-        browser = _browser()
+        browser = chromium(1280, 900)
         try:
             _batch(browser, url, Path(args.out) / "page.png")
             browser.set_window_size(1280, 900)
@@ -60,37 +60,16 @@ def _wait_ready(url: str) -> None:
     raise SystemExit("the server did not get ready in 120 s")
 
 
-def _browser():
-    options = webdriver.ChromeOptions()
-    options.binary_location = shutil.which("chromium") or shutil.which("google-chrome")
-    for flag in ("--headless=new", "--no-sandbox", "--window-size=1280,900", "--hide-scrollbars"):
-        options.add_argument(flag)
-    return webdriver.Chrome(options=options, service=webdriver.ChromeService(shutil.which("chromedriver")))
-
-
-def _open(browser, url: str) -> None:
-    browser.get(url)
-    WebDriverWait(browser, 30).until(lambda b: b.find_element(By.ID, "status").text == "Ready.")
-
-
-def _fill(browser, **fields) -> None:
-    for name, value in fields.items():
-        element = browser.find_element(By.ID, name)
-        element.clear()
-        element.send_keys(str(value))
-
-
 def _generate(browser, count: int) -> None:
-    before = len(browser.find_elements(By.CSS_SELECTOR, "#gallery figure"))
+    before = len(results(browser))
     browser.find_element(By.ID, "generate").click()
-    WebDriverWait(browser, 120).until(
-        lambda b: len(b.find_elements(By.CSS_SELECTOR, "#gallery figure")) >= before + count)
+    WebDriverWait(browser, 120).until(lambda b: len(results(b)) >= before + count)
 
 
 def _batch(browser, url: str, path: Path) -> None:
-    _open(browser, url)
+    open_page(browser, url)
     for prompt, seed in (("a blue triangle on a white background", 3), ("a red circle on a gray background", 8)):
-        _fill(browser, prompt=prompt, seed=seed, steps=25, batch_size=1)
+        fill(browser, prompt=prompt, seed=seed, steps=25, batch_size=1)
         _generate(browser, 1)
     browser.save_screenshot(str(path))
     print(f"wrote {path}")
@@ -100,18 +79,10 @@ def _inpaint(browser, url: str, path: Path) -> None:
     with tempfile.TemporaryDirectory() as scratch:
         source = Path(scratch) / "input.png"
         Image.fromarray(shapes.draw("blue", "square", "white", np.random.default_rng(3))).save(source)
-        _open(browser, url)
-        browser.find_element(By.CSS_SELECTOR, "input[value=inpaint]").click()
-        browser.find_element(By.ID, "init_image").send_keys(str(source))
-        canvas = browser.find_element(By.ID, "mask-canvas")
-        WebDriverWait(browser, 10).until(lambda b: canvas.get_attribute("width") == "64")
-        _fill(browser, prompt="a red circle on a white background", seed=5, steps=20)
-        browser.execute_script("document.getElementById('brush').value = 64")
-        browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", canvas)
-        actions = ActionChains(browser).move_to_element_with_offset(canvas, -96, -96).click_and_hold()
-        for y in range(-96, 97, 24):
-            actions.move_to_element_with_offset(canvas, -96, y).move_to_element_with_offset(canvas, -32, y)
-        actions.release().perform()
+        open_page(browser, url)
+        upload_for_inpainting(browser, source)
+        fill(browser, prompt="a red circle on a white background", seed=5, steps=20)
+        paint_left_half(browser)
         _generate(browser, 1)
         browser.set_window_size(1280, 1250)  # the whole form, its mask and the result
         browser.execute_script("window.scrollTo(0, 0)")

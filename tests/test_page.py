@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -18,15 +17,14 @@ from PIL import Image
 from sdrt import shapes
 from sdrt.runtime import Pipeline
 
-webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (the test extra)")
-from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
+pytest.importorskip("selenium", reason="selenium is not installed (the test extra)")
+from page_driver import (BROWSER, DRIVER, chromium, fill, open_page, paint_left_half, results,  # noqa: E402
+                         upload_for_inpainting)
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
 from test_serve import Server  # noqa: E402
 
-BROWSER = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-DRIVER = shutil.which("chromedriver")
 if not (BROWSER and DRIVER):
     pytest.skip("no headless browser: install one with `apt-get install chromium chromium-driver` to run the page "
                 "tests", allow_module_level=True)
@@ -48,37 +46,18 @@ def server(folder):
 
 @pytest.fixture(scope="module")
 def browser():
-    options = webdriver.ChromeOptions()
-    options.binary_location = BROWSER
-    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,1000"):
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"performance": "ALL"})  # the HTTP statuses the browser saw
-    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(DRIVER))
+    driver = chromium(network_log=True)  # the log: the HTTP statuses the browser saw
     yield driver
     driver.quit()
 
 
-def _open(browser, url: str) -> None:
-    browser.get(url)
-    WebDriverWait(browser, 30).until(lambda b: b.find_element(By.ID, "status").text == "Ready.")
-
-
-def _fill(browser, **fields) -> None:
-    for name, value in fields.items():
-        element = browser.find_element(By.ID, name)
-        element.clear()
-        element.send_keys(str(value))
-
-
-def _results(browser) -> list:
-    return browser.find_elements(By.CSS_SELECTOR, "#gallery figure")
 
 
 def _wait_for_results(browser, count: int, timeout: float = 120) -> list:
-    WebDriverWait(browser, timeout).until(lambda b: len(_results(b)) >= count or "error" in
+    WebDriverWait(browser, timeout).until(lambda b: len(results(b)) >= count or "error" in
                                           b.find_element(By.ID, "status").get_attribute("class"))
-    assert len(_results(browser)) >= count, browser.find_element(By.ID, "status").text
-    return _results(browser)
+    assert len(results(browser)) >= count, browser.find_element(By.ID, "status").text
+    return results(browser)
 
 
 def _image_of(figure) -> Image.Image:
@@ -87,15 +66,15 @@ def _image_of(figure) -> Image.Image:
 
 
 def test_generate_with_progress_and_live_preview(server, browser, folder):
-    _open(browser, server.url)
+    open_page(browser, server.url)
     assert browser.find_element(By.ID, "width").get_attribute("value") == "64"  # the export's native size
-    _fill(browser, steps=150, seed=7, negative_prompt="")
+    fill(browser, steps=150, seed=7, negative_prompt="")
     prompt = browser.find_element(By.ID, "prompt")
     prompt.clear()
     prompt.send_keys(PROMPT, Keys.ENTER)  # Enter generates
     seen, previews = set(), set()
     deadline = time.time() + 120
-    while not _results(browser) and time.time() < deadline:
+    while not results(browser) and time.time() < deadline:
         seen.add(browser.execute_script("return document.getElementById('progress').value"))
         if browser.find_element(By.ID, "preview").is_displayed():
             previews.add(browser.find_element(By.ID, "preview").get_attribute("src")[-40:])
@@ -115,8 +94,8 @@ def test_generate_with_progress_and_live_preview(server, browser, folder):
 
 
 def test_interrupt_stops_a_long_job(server, browser):
-    _open(browser, server.url)
-    _fill(browser, prompt="a green square on a black background", steps=150, width=128, height=128, batch_size=4)
+    open_page(browser, server.url)
+    fill(browser, prompt="a green square on a black background", steps=150, width=128, height=128, batch_size=4)
     browser.find_element(By.ID, "prompt").send_keys(Keys.CONTROL, Keys.ENTER)  # Ctrl+Enter generates too
     WebDriverWait(browser, 60).until(
         lambda b: b.execute_script("return document.getElementById('progress').value") > 0.02)
@@ -131,19 +110,11 @@ def test_interrupt_stops_a_long_job(server, browser):
 def test_inpaint_with_a_painted_mask(server, browser, tmp_path):
     source = shapes.draw("blue", "square", "white", np.random.default_rng(3))
     Image.fromarray(source).save(tmp_path / "input.png")
-    _open(browser, server.url)
-    browser.find_element(By.CSS_SELECTOR, "input[value=inpaint]").click()
-    browser.find_element(By.ID, "init_image").send_keys(str(tmp_path / "input.png"))
-    canvas = browser.find_element(By.ID, "mask-canvas")
-    WebDriverWait(browser, 10).until(lambda b: canvas.get_attribute("width") == "64")
-    _fill(browser, prompt=PROMPT, seed=5, steps=20, denoising_strength=0.75)
-    # paint the left half of the image (the canvas shows 64 px at 256 px: a 64 px brush on screen = 16 image px)
-    browser.execute_script("document.getElementById('brush').value = 64")
-    browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", canvas)
-    actions = ActionChains(browser).move_to_element_with_offset(canvas, -96, -96).click_and_hold()
-    for y in range(-96, 97, 24):
-        actions.move_to_element_with_offset(canvas, -96, y).move_to_element_with_offset(canvas, -32, y)
-    actions.release().perform()
+    open_page(browser, server.url)
+    upload_for_inpainting(browser, tmp_path / "input.png")
+    assert browser.find_element(By.ID, "mask-canvas").get_attribute("width") == "64"
+    fill(browser, prompt=PROMPT, seed=5, steps=20, denoising_strength=0.75)
+    paint_left_half(browser)
     browser.find_element(By.ID, "generate").click()
     result = np.asarray(_image_of(_wait_for_results(browser, 1)[0]).convert("RGB"), np.float32)
     change = np.abs(result - source.astype(np.float32)).mean(axis=2)
@@ -152,22 +123,22 @@ def test_inpaint_with_a_painted_mask(server, browser, tmp_path):
 
 
 def test_png_parameters_fill_the_form(server, browser, tmp_path):
-    _open(browser, server.url)
-    _fill(browser, prompt="a yellow triangle on a gray background", seed=11, steps=12, cfg_scale=5)
+    open_page(browser, server.url)
+    fill(browser, prompt="a yellow triangle on a gray background", seed=11, steps=12, cfg_scale=5)
     browser.find_element(By.ID, "generate").click()
     figure = _wait_for_results(browser, 1)[0]
     png = tmp_path / "made.png"  # the PNG as the page's Download link gives it, with its parameters
     png.write_bytes(base64.b64decode(figure.find_element(By.CSS_SELECTOR, "a.download").get_attribute("href")
                                      .split(",", 1)[1]))
 
-    _open(browser, server.url)  # a fresh form, then the PNG read back into it
+    open_page(browser, server.url)  # a fresh form, then the PNG read back into it
     browser.find_element(By.ID, "png_file").send_keys(str(png))
     WebDriverWait(browser, 20).until(lambda b: b.find_element(By.ID, "seed").get_attribute("value") == "11")
     values = {k: browser.find_element(By.ID, k).get_attribute("value") for k in ("prompt", "steps", "cfg_scale")}
     assert values["prompt"] == "a yellow triangle on a gray background"
     assert float(values["steps"]) == 12 and float(values["cfg_scale"]) == 5
 
-    _open(browser, server.url)  # and by dropping it on the page
+    open_page(browser, server.url)  # and by dropping it on the page
     browser.execute_script(_DROP, base64.b64encode(png.read_bytes()).decode())
     WebDriverWait(browser, 20).until(lambda b: b.find_element(By.ID, "seed").get_attribute("value") == "11")
     assert Select(browser.find_element(By.ID, "sampler")).first_selected_option.text == "PLMS"
@@ -194,7 +165,7 @@ def test_busy_server_is_retried_and_auth_is_asked(folder, browser):
         browser.get_log("performance")
         browser.get(server.url)  # no credentials: refused
         assert _document_status(browser, server.url + "/") == 401
-        _open(browser, server.url.replace("http://", "http://alice:s3cret@"))
+        open_page(browser, server.url.replace("http://", "http://alice:s3cret@"))
         slow = {"prompt": "slow", "width": 64, "height": 64, "steps": 150}
         auth = ("alice", "s3cret")
         with ThreadPoolExecutor(2) as pool:  # one running, then one queued: the queue is full
@@ -203,7 +174,7 @@ def test_busy_server_is_retried_and_auth_is_asked(folder, browser):
                                              .json()["state"]["sampling_step"] > 0)
             running.append(pool.submit(server.client.post, "/sdapi/v1/txt2img", json={**slow, "seed": 1}, auth=auth))
             time.sleep(0.5)
-            _fill(browser, prompt=PROMPT, steps=5)
+            fill(browser, prompt=PROMPT, steps=5)
             browser.find_element(By.ID, "generate").click()
             WebDriverWait(browser, 30).until(lambda b: "busy" in b.find_element(By.ID, "status").text)
             assert all(r.result(timeout=300).status_code == 200 for r in running)

@@ -7,6 +7,7 @@ precision or weight format never reuses one."""
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import os
 import shutil
@@ -76,7 +77,7 @@ class OpenVinoBackend(Backend):
         self.weights = weights
         # Static shapes (opt-in): each graph compiled for the exact input shapes it is first run with (a U-Net step
         # was 10-15 % faster than the dynamic compile for SD 1.5 at 256x256 in bf16), at most MAX_SHAPES per graph;
-        # compiling reads the ONNX weights again, so loading needs more memory than the dynamic compile.
+        # a compile is exported to the cache and imported from it later (_compile_static).
         self.static_shapes = static_shapes
         self._cache_dir = Path(cache_dir) if cache_dir else None
         self._compiled: dict[tuple, tuple] = OrderedDict()  # (component, shapes or None) -> (request, outputs)
@@ -116,7 +117,8 @@ class OpenVinoBackend(Backend):
         comp = self.manifest.components[name]
         path = self.folder / comp.file
         shape_text = None if signature is None else ";".join(f"{k}={'x'.join(map(str, v))}" for k, v in signature)
-        digest = cache_key(comp.sha256, self._version, self.precision, self._features, shape_text, self.weights or "")
+        static = None if shape_text is None else f"{shape_text};exported"  # static caches: a blob of our own
+        digest = cache_key(comp.sha256, self._version, self.precision, self._features, static, self.weights or "")
         key_dir = self._cache_root / f"{name}-{digest}"
         label = name if shape_text is None else f"{name}@{shape_text}"
         try:
@@ -124,11 +126,9 @@ class OpenVinoBackend(Backend):
                 path = self._compressed(name, comp, path)
             if shapes is None:
                 # from the path, not a read model: on a cache hit OpenVINO then never reads the ONNX weights
-                source = str(path)
+                compiled = self._compile(self._core, str(path), self._hint, key_dir, label)
             else:
-                source = self._core.read_model(str(path))
-                source.reshape({k: list(v) for k, v in shapes.items()})
-            compiled = self._compile(self._core, source, self._hint, key_dir, label)
+                compiled = self._compile_static(path, shapes, key_dir, label)
         except BackendError:
             raise
         except Exception as e:  # OpenVINO raises RuntimeError subclasses of its own
@@ -162,6 +162,42 @@ class OpenVinoBackend(Backend):
                 raise BackendError(f"cannot write the int8 {name} graph to {ir_dir.parent} ({e}); "
                                    "make the export folder writable") from e
         return ir
+
+    def _compile_static(self, path: Path, shapes: dict[str, tuple], key_dir: Path, label: str):
+        """A compile for fixed input shapes. OpenVINO's model cache cannot spare the read here: it keys a reshaped
+        model by hashing it, weights included, so even a hit read and hashed the whole graph (11.7 s and 9.6 GiB
+        for an SD 1.5 U-Net, issue 19). The compiled model is exported once into ``key_dir`` and, after, imported
+        from there (the file mapped, not copied) without reading the graph."""
+        import openvino as ov
+
+        blob = key_dir / "compiled.blob"
+        config = {"INFERENCE_PRECISION_HINT": self._hint}
+        if blob.is_file():
+            self.cache[label] = "hit"
+            return self._core.import_model(ov.Tensor(np.memmap(blob, np.uint8, mode="r")), "CPU", config)
+        model = self._core.read_model(str(path))
+        model.reshape({k: list(v) for k, v in shapes.items()})
+        compiled = self._core.compile_model(model, "CPU", config)
+        del model
+        self.cache[label] = self._export(compiled, key_dir)
+        return compiled
+
+    def _export(self, compiled, key_dir: Path) -> str:
+        """``compiled`` exported to ``key_dir``/compiled.blob (a temporary folder renamed into place): "miss", or
+        "off" where the cache folder cannot be written."""
+        tmp = key_dir.with_name(f"{key_dir.name}.tmp-{os.getpid()}")
+        try:
+            tmp.mkdir(parents=True, exist_ok=True)
+            stream = io.BytesIO()
+            compiled.export_model(stream)
+            (tmp / "compiled.blob").write_bytes(stream.getbuffer())
+            tmp.rename(key_dir)
+        except OSError as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if not key_dir.is_dir():  # not another process's win: the cache folder is not writable
+                log.warning("no OpenVINO cache (cannot write %s: %s); compiling every time", key_dir.parent, e)
+                return "off"
+        return "miss"
 
     def _compile(self, core, model, hint: str, key_dir: Path, name: str):
         """Compile with OpenVINO's model cache in ``key_dir``; a new cache is written to a temporary folder and
