@@ -246,8 +246,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
         serve.start(http_options={"host": args.host, "port": args.port})
         serve.run(deployment(str(args.folder), options, limits, credentials, replicas=args.replicas,
                              max_replicas=args.max_replicas), route_prefix="/")
-        print(f"sdrt serving {args.folder} on Ray Serve at http://{args.host}:{args.port} ({args.replicas} replica(s)); "
-              "Ctrl-C stops", flush=True)
+        print(f"sdrt serving {args.folder} on Ray Serve at http://{args.host}:{args.port}/ ({args.replicas} "
+              "replica(s)): the page there, the API under /sdapi/v1/; Ctrl-C stops", flush=True)
         try:
             while True:
                 time.sleep(3600)
@@ -257,6 +257,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
     import uvicorn
 
     app = create_app(args.folder, options, limits, credentials)
+    print(f"sdrt serving {args.folder}: open http://{args.host}:{args.port}/ in a browser, or use the API at "
+          f"http://{args.host}:{args.port}/sdapi/v1/; Ctrl-C stops", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
 
 

@@ -25,7 +25,8 @@ ShowPreview = Callable[[int, list[Image.Image]], None]  # (step index, the batch
 @dataclass
 class Preview:
     """When to decode a preview and whom to give it: every ``every`` steps, while ``wanted()``, and only while the
-    previews so far (and the next, as estimated from the last) stay within ``budget`` of the loop's time."""
+    previews so far (and the next, as estimated from the cheapest decode seen) stay within ``budget`` of the loop's
+    time. One Preview may serve many calls: the estimate carries over."""
     show: ShowPreview
     every: int = 5
     budget: float = 0.04  # of the loop's time; under the 5 % target, for what a decode costs the next step (caches)
