@@ -69,6 +69,29 @@ class BenchOptions:
             raise UserInputError("warm-up must be >= 0, repeats and steps >= 1")
 
 
+@dataclass(frozen=True)
+class AddonBenchOptions:
+    """What an add-on's benchmark (``sdrt bench --lora / --controlnet / --preview``) runs on: one model and size,
+    interleaved requests per backend."""
+    model: str = "sd15-arch"
+    backends: tuple[str, ...] = ("onnxruntime", "openvino")
+    size: int = 256
+    steps: int = 10
+    warmup: int = 1
+    repeats: int = 3
+    sampler: str = "dpm++2m"
+    work_dir: Path = Path("build/bench")
+
+    def export(self, log: Callable, lora: bool = False) -> Path:
+        """The model's export for the benchmark (made once in ``work_dir``; with LoRA sites or without)."""
+        return prepare_export(self.model, BenchOptions(models=(self.model,), work_dir=self.work_dir), log,
+                              lora=lora)[0]
+
+    def report(self) -> dict:
+        """The start of the add-on's report: the machine and these options."""
+        return {"machine": machine_info(), "options": {**asdict(self), "work_dir": str(self.work_dir)}}
+
+
 def prepare_export(model: str, opts: BenchOptions, log: Callable, precision: str | None = None,
                    lora: bool = True) -> tuple[Path, dict]:
     """An export folder for ``model`` (an export folder is used as it is), its size and, when made here, the time

@@ -14,7 +14,6 @@ import json
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -23,25 +22,15 @@ from PIL import Image
 
 from ..components import UNET, ControlNet
 from ..manifest import load_manifest
-from .bench import BenchOptions, prepare_export
+from .bench import AddonBenchOptions
 from .flops import count_flops
-from .machine import machine_info
 from .stats import interleaved
 
 NAME = "bench"
 PROMPT = "a red circle on a blue background"
 
 
-@dataclass(frozen=True)
-class ControlNetBenchOptions:
-    model: str = "sd15-arch"
-    backends: tuple[str, ...] = ("onnxruntime", "openvino")
-    size: int = 256
-    steps: int = 10
-    warmup: int = 1
-    repeats: int = 3
-    sampler: str = "dpm++2m"
-    work_dir: Path = Path("build/bench")
+ControlNetBenchOptions = AddonBenchOptions
 
 
 def control_image(size: int) -> Image.Image:
@@ -56,15 +45,14 @@ def control_image(size: int) -> Image.Image:
 def bench_controlnet(opts: ControlNetBenchOptions, log: Callable = print,
                      done: Callable[[dict], None] = lambda report: None) -> dict:
     """The report; ``done`` is called with it after each backend."""
-    folder, _ = prepare_export(opts.model, BenchOptions(models=(opts.model,), work_dir=opts.work_dir), log, lora=False)
+    folder = opts.export(log)
     if ControlNet.PREFIX + NAME not in load_manifest(folder).components:
         log(f"adding a random ControlNet to {folder}")
         run = subprocess.run([sys.executable, "-m", "sdrt.benchmarks.controlnet", "add", str(folder)],
                              capture_output=True, text=True)
         if run.returncode != 0:
             raise RuntimeError(f"adding the benchmark's ControlNet failed: {run.stderr.strip()[-2000:]}")
-    report = {"machine": machine_info(), "options": {**asdict(opts), "work_dir": str(opts.work_dir)},
-              "gflops_per_step": _flops(folder, opts.size), "backends": {}}
+    report = opts.report() | {"gflops_per_step": _flops(folder, opts.size), "backends": {}}
     for backend in opts.backends:
         log(f"{backend}: requests without and with the ControlNet; peak memory of fresh processes")
         report["backends"][backend] = _timings(folder, backend, opts) | {"peak_rss_mib": {

@@ -14,7 +14,7 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -23,8 +23,7 @@ import numpy as np
 from ..lora.factors import FactorMaker
 from ..lora.sites import export_sites
 from ..manifest import load_manifest
-from .bench import BenchOptions, prepare_export
-from .machine import machine_info
+from .bench import AddonBenchOptions
 from .stats import interleaved
 
 # kohya's usual targets: the attention projections and the feed-forward layers
@@ -33,16 +32,9 @@ PROMPT = "a red circle on a blue background"
 
 
 @dataclass(frozen=True)
-class LoraBenchOptions:
-    model: str = "sd15-arch"
-    backends: tuple[str, ...] = ("onnxruntime", "openvino")
-    size: int = 256
-    steps: int = 20
+class LoraBenchOptions(AddonBenchOptions):
+    steps: int = 20  # the issue's targets are per 20-step image
     rank: int = 32
-    warmup: int = 1
-    repeats: int = 3
-    sampler: str = "dpm++2m"
-    work_dir: Path = Path("build/bench")
 
 
 def random_lora(folder: Path, path: Path, rank: int, seed: int) -> int:
@@ -68,13 +60,10 @@ def random_lora(folder: Path, path: Path, rank: int, seed: int) -> int:
 def bench_lora(opts: LoraBenchOptions, log: Callable = print, done: Callable[[dict], None] = lambda report: None
                ) -> dict:
     """The report; ``done`` is called with it after each backend (a long run keeps what it measured)."""
-    base = BenchOptions(models=(opts.model,), work_dir=opts.work_dir)
-    with_sites, _ = prepare_export(opts.model, base, log)
-    without, _ = prepare_export(opts.model, base, log, lora=False)
+    with_sites, without = opts.export(log, lora=True), opts.export(log)
     loras = opts.work_dir / "loras"
     layers = [random_lora(with_sites, loras / f"{name}.safetensors", opts.rank, seed) for seed, name in enumerate("ab")]
-    report = {"machine": machine_info(), "options": {**asdict(opts), "work_dir": str(opts.work_dir)},
-              "lora_layers": layers[0], "backends": {}}
+    report = opts.report() | {"lora_layers": layers[0], "backends": {}}
     for backend in opts.backends:
         log(f"{backend}: requests without sites, with sites, with a LoRA; switching")
         timings = _timings(backend, without, with_sites, loras, opts)

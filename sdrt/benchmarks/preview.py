@@ -10,14 +10,13 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from ..components import TINY_VAE_DECODER, VAE_DECODER
 from ..manifest import load_manifest
-from .bench import BenchOptions, prepare_export
-from .machine import machine_info
+from .bench import AddonBenchOptions
 from .stats import interleaved
 
 PROMPT = "a red circle on a white background"
@@ -25,28 +24,21 @@ DECODERS = {"VAE": VAE_DECODER.name, "tiny VAE": TINY_VAE_DECODER.name}  # what 
 
 
 @dataclass(frozen=True)
-class PreviewBenchOptions:
-    model: str = "sd15-arch"
-    backends: tuple[str, ...] = ("onnxruntime", "openvino")
-    size: int = 256
+class PreviewBenchOptions(AddonBenchOptions):
     steps: int = 20
-    warmup: int = 1
-    repeats: int = 3
-    sampler: str = "dpm++2m"
-    work_dir: Path = Path("build/bench")
 
 
 def bench_preview(opts: PreviewBenchOptions, log: Callable = print,
                   done: Callable[[dict], None] = lambda report: None) -> dict:
     """The report; ``done`` is called with it after each backend."""
-    folder, _ = prepare_export(opts.model, BenchOptions(models=(opts.model,), work_dir=opts.work_dir), log, lora=False)
+    folder = opts.export(log)
     if TINY_VAE_DECODER.name not in load_manifest(folder).components:
         log(f"adding a random tiny VAE decoder to {folder}")
         run = subprocess.run([sys.executable, "-m", "sdrt.cli", "add-tiny-vae", str(folder), "random"],
                              capture_output=True, text=True)  # a child process: torch stays out of the benchmark
         if run.returncode != 0:
             raise RuntimeError(f"adding the tiny VAE failed: {run.stderr.strip()[-2000:]}")
-    report = {"machine": machine_info(), "options": {**asdict(opts), "work_dir": str(opts.work_dir)}, "backends": {}}
+    report = opts.report() | {"backends": {}}
     for backend in opts.backends:
         log(f"{backend}: requests without and with live previews")
         report["backends"][backend] = _timings(folder, backend, opts)
