@@ -448,8 +448,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--embeddings-dir", default=None,
                    help="textual inversions prompts name (default: the export's embeddings/)")
     p.add_argument("--preview-every", type=int, default=5, metavar="N",
-                   help="a live preview in /sdapi/v1/progress every N steps while a client watches, within 5%% of "
-                        "the time (default 5; 0: none)")
+                   help="a live preview in /sdapi/v1/progress every N steps while a client watches, within 4%% of "
+                        "the loop's time (default 5; 0: none)")
     p.add_argument("--max-queue", type=int, default=64, help="requests waiting before 503 (default 64)")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds a request may take, waiting included (504)")
     p.add_argument("--api-auth", metavar="USER:PASSWORD[,…]", help="HTTP Basic credentials, as the WebUI's --api-auth")

@@ -29,8 +29,8 @@ def verify_export(folder: str | Path, manifest: Manifest) -> list[str]:
     seen = _read_verified(folder)
     verified, hashed = {}, []
     for name, comp in manifest.components.items():
-        stamps = {f: _stamp(folder / f) for f in _files(comp)}
-        if seen.get(name) != {"sha256": comp.sha256, "files": stamps}:
+        record = _record(folder, comp)
+        if seen.get(name) != record:
             if _digest(folder, comp) != comp.sha256:
                 files = ", ".join(str(folder / f) for f in _files(comp))
                 raise ManifestError(
@@ -38,7 +38,7 @@ def verify_export(folder: str | Path, manifest: Manifest) -> list[str]:
                     f"does not match the sha256 in {folder / 'manifest.json'} (damaged or changed since). Export the "
                     f"model again: sdrt export MODEL {folder}")
             hashed.append(name)
-        verified[name] = {"sha256": comp.sha256, "files": stamps}
+        verified[name] = record
     if hashed or verified != seen:
         _write_verified(folder, verified)
     return hashed
@@ -48,12 +48,16 @@ def remember_verified(folder: str | Path, manifest: Manifest) -> None:
     """Record every graph of ``manifest`` as verified as its files are now: for the exporter, which has just written
     them and computed their sha256."""
     folder = Path(folder)
-    _write_verified(folder, {name: {"sha256": comp.sha256, "files": {f: _stamp(folder / f) for f in _files(comp)}}
-                             for name, comp in manifest.components.items()})
+    _write_verified(folder, {name: _record(folder, comp) for name, comp in manifest.components.items()})
 
 
 def _files(comp: ComponentSpec) -> list[str]:
     return [f for f in (comp.file, comp.external_data) if f]
+
+
+def _record(folder: Path, comp: ComponentSpec) -> dict:
+    """What is remembered of a verified graph: its sha256 and each file's size and modification time."""
+    return {"sha256": comp.sha256, "files": {f: _stamp(folder / f) for f in _files(comp)}}
 
 
 def _stamp(path: Path) -> list[int]:

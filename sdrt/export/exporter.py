@@ -22,7 +22,7 @@ from .additions import record_checks
 from .controlnet import add_controlnets, parse_source
 from .graphs import ComponentGraph, Shape, component_graphs
 from .sources import load_model
-from .tiny_vae import load_tiny_vae, tiny_vae_graph
+from .tiny_vae import add_tiny_vae, load_tiny_vae
 from .validate import Check, as_json, references, report, validate_graph
 
 log = logging.getLogger("sdrt.export")
@@ -192,15 +192,12 @@ def _export(model: str, out: Path, fp16: bool, allow_pickle: bool, arch: str | N
         components, checks = {}, []
         graphs = component_graphs(pipe, family, lora)
         tiny_vae = tiny_vae or (builtin.shipped_tiny_vae(loaded.name) if loaded.kind == "builtin" else None)
-        if tiny_vae:  # before the U-Net, which stays last (the biggest, traced once the others are freed)
-            taesd = load_tiny_vae(tiny_vae, facts["latent_channels"], scale)
-            graphs.insert(-1, tiny_vae_graph(taesd, facts["vae_scaling_factor"], facts["latent_channels"]))
+        taesd = load_tiny_vae(tiny_vae, facts["latent_channels"], scale) if tiny_vae else None  # refused before work
         while graphs:  # popped, so that a network's last graph holds the only references to it
             source, name = graphs[0].source, graphs[0].name
-            graph_precision = "fp32" if source in ("vae", "tiny_vae") and facts["vae_fp32"] else precision
+            graph_precision = "fp32" if source == "vae" and facts["vae_fp32"] else precision
             last_use = source not in {g.source for g in graphs[1:]}
-            owned = last_use and hasattr(pipe, source)  # the tiny VAE is not one of the pipeline's networks
-            release = (lambda source=source: setattr(pipe, source, None)) if owned else None
+            release = (lambda source=source: setattr(pipe, source, None)) if last_use else None
             components[name], graph_checks = export_graph(graphs.pop(0), tmp, graph_precision, size_range, scale,
                                                            validate, release)
             checks += graph_checks
@@ -240,8 +237,11 @@ def _export(model: str, out: Path, fp16: bool, allow_pickle: bool, arch: str | N
         if lora and loaded.kind == "builtin":
             _copy_shipped_loras(loaded.name, tmp / "loras")
         shipped = builtin.shipped_controlnets(loaded.name) if loaded.kind == "builtin" else []
-        manifest, controlnet_checks = add_controlnets(tmp, manifest, controlnets + shipped, allow_pickle, validate)
-        record_checks(tmp, controlnet_checks)
+        manifest, added_checks = add_controlnets(tmp, manifest, controlnets + shipped, allow_pickle, validate)
+        if taesd is not None:
+            manifest, tiny_checks = add_tiny_vae(tmp, manifest, taesd, validate)
+            added_checks += tiny_checks
+        record_checks(tmp, added_checks)
         manifest.save(tmp)
         remember_verified(tmp, manifest)  # just written and hashed: the first load need not hash it again
         if out.exists():

@@ -81,12 +81,11 @@ def tiny_vae_graph(taesd, vae_scaling_factor: float, latent_channels: int) -> Co
                           *TinyVaeDecoder.io(latent_channels), latent)
 
 
-def add_tiny_vae(folder: Path, manifest: Manifest, source: str | Path, validate: bool = True) -> tuple[Manifest, list]:
-    """Export the tiny VAE of ``source`` into ``folder`` beside the export's graphs; the manifest with it (the caller
-    saves it) and the validation checks."""
+def add_tiny_vae(folder: Path, manifest: Manifest, taesd, validate: bool = True) -> tuple[Manifest, list]:
+    """Export ``taesd`` (from ``load_tiny_vae``) into ``folder`` beside the export's graphs; the manifest with it
+    (the caller saves it) and the validation checks."""
     from .exporter import export_graph  # the exporter imports this module
 
-    taesd = load_tiny_vae(source, manifest.latent_channels, manifest.vae_scale_factor)
     precision = manifest.components[VAE_DECODER.name].precision  # as the VAE (kept fp32 where its fp16 overflows)
     spec, checks = export_graph(tiny_vae_graph(taesd, manifest.vae_scaling_factor, manifest.latent_channels), folder,
                                 precision, manifest.size_range, manifest.vae_scale_factor, validate, release=None)
@@ -100,4 +99,8 @@ def add_tiny_vae(folder: Path, manifest: Manifest, source: str | Path, validate:
 
 def add_to_export(folder: str | Path, source: str | Path, validate: bool = True) -> Manifest:
     """``sdrt add-tiny-vae``: a tiny VAE decoder into an existing export (replacing one it has)."""
-    return add_to_folder(folder, lambda scratch, manifest: add_tiny_vae(scratch, manifest, source, validate))
+    def add(scratch: Path, manifest: Manifest) -> tuple[Manifest, list]:
+        taesd = load_tiny_vae(source, manifest.latent_channels, manifest.vae_scale_factor)
+        return add_tiny_vae(scratch, manifest, taesd, validate)
+
+    return add_to_folder(folder, add)
