@@ -136,6 +136,22 @@ class TextEncoder(Component):
                 TensorSpec("embedding_vectors", "float32", ("vectors", hidden))), outputs
 
 
+class T5Encoder(Component):
+    """T5's encoder (SD 3, Flux): ``input_ids`` [B, L] int32 (L: the export's fixed sequence length, EOS and padding
+    included) → ``last_hidden_state`` [B, L, D]. B counts every negative and positive prompt of a call."""
+
+    name = "t5_encoder"
+    stage = "text_encoder"
+
+    def axes(self, bounds: Bounds, vae_factor: int) -> dict[str, Range]:
+        return {"B": (1, 2, 2 * bounds.batch[2])}
+
+    @staticmethod
+    def io(hidden: int, length: int) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+        return ((TensorSpec("input_ids", "int32", ("B", length)),),
+                (TensorSpec("last_hidden_state", "float32", ("B", length, hidden)),))
+
+
 class Denoiser(Component):
     """``sample`` [2B, C, h, w], ``timestep`` [2B], the conditioning bundle (``encoder_hidden_states``
     [2B, T, D] and the family's extras, all batched as the sample) and the ControlNet residuals (zeros without
@@ -154,10 +170,12 @@ class Denoiser(Component):
 
     @staticmethod
     def io(channels: int, out_channels: int, text_dim: int, extras: tuple[TensorSpec, ...] = (),
-           residuals: tuple[TensorSpec, ...] = ()) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+           residuals: tuple[TensorSpec, ...] = (), tokens: int | str = "T"
+           ) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+        """``tokens``: the text sequence's length, fixed where the family's is (SD 3: CLIP's 77 + T5's)."""
         inputs = (TensorSpec("sample", "float32", ("2B", channels, "h", "w")),
                   TensorSpec("timestep", "float32", ("2B",)),
-                  TensorSpec("encoder_hidden_states", "float32", ("2B", "T", text_dim))) + tuple(extras)
+                  TensorSpec("encoder_hidden_states", "float32", ("2B", tokens, text_dim))) + tuple(extras)
         return inputs + tuple(residuals), (TensorSpec("noise_pred", "float32", ("2B", out_channels, "h", "w")),)
 
 
@@ -237,8 +255,9 @@ class VaeEncoder(Component):
 TEXT_ENCODER, UNET, VAE_DECODER, VAE_ENCODER = TextEncoder(), Denoiser(), VaeDecoder(), VaeEncoder()
 TEXT_ENCODER_2 = TextEncoder("text_encoder_2")  # SDXL's OpenCLIP ViT-bigG, with the pooled output
 TINY_VAE_DECODER = TinyVaeDecoder()
-COMPONENTS: dict[str, Component] = {c.name: c for c in (TEXT_ENCODER, TEXT_ENCODER_2, UNET, VAE_DECODER, VAE_ENCODER,
-                                                        TINY_VAE_DECODER)}
+T5_ENCODER = T5Encoder()
+COMPONENTS: dict[str, Component] = {c.name: c for c in (TEXT_ENCODER, TEXT_ENCODER_2, T5_ENCODER, UNET, VAE_DECODER,
+                                                        VAE_ENCODER, TINY_VAE_DECODER)}
 
 
 def describe(name: str) -> Component:

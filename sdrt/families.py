@@ -10,16 +10,22 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-FamilyName = Literal["sd1", "sd2", "sdxl", "sdxl-refiner"]
+FamilyName = Literal["sd1", "sd2", "sdxl", "sdxl-refiner", "sd3"]
 
 
 @dataclass(frozen=True)
 class TextEncoderSpec:
-    component: str  # graph name in the export folder: "text_encoder", "text_encoder_2"
+    component: str  # the pipeline's network: "text_encoder", "text_encoder_2", "text_encoder_3"
     tokenizer: str  # tokenizer folder in the export folder
     hidden_state: Literal["last", "penultimate"]  # which hidden state conditions the U-Net
     final_layer_norm: bool  # whether that hidden state goes through the final LayerNorm
     pooled: bool  # whether the family also needs the pooled (projected) embedding
+    kind: Literal["clip", "t5"] = "clip"  # T5: the last hidden state of a fixed-length sequence, no chunks
+
+    @property
+    def graph(self) -> str:
+        """The component's name in the export: the pipeline's, or ``t5_encoder`` for T5 in every family."""
+        return "t5_encoder" if self.kind == "t5" else self.component
 
 
 @dataclass(frozen=True)
@@ -31,6 +37,8 @@ class Family:
     default_size: int  # native image side in pixels
     size_range: tuple[int, int]  # image sides the export declares (pixels)
     exportable: bool  # whether `sdrt export` supports the family yet
+    denoiser: Literal["unet", "transformer"] = "unet"  # the pipeline's denoising network (exported as ``unet``)
+    lora: bool = True  # whether the export has LoRA sites (the LoRA formats sdrt reads are for U-Net families)
 
 
 _CLIP = TextEncoderSpec("text_encoder", "tokenizer", "last", True, False)
@@ -63,12 +71,30 @@ FAMILIES: dict[str, Family] = {
         (512, 1536),
         True,
     ),
+    # SD 3 / 3.5: an MMDiT transformer on CLIP-L's and CLIP-G's penultimate states (and both pooled) beside T5's
+    "sd3": Family(
+        "sd3",
+        "Stable Diffusion 3 / 3.5 (MMDiT; CLIP ViT-L, OpenCLIP ViT-bigG and T5-XXL; flow matching)",
+        (
+            TextEncoderSpec("text_encoder", "tokenizer", "penultimate", False, True),
+            TextEncoderSpec("text_encoder_2", "tokenizer_2", "penultimate", False, True),
+            TextEncoderSpec("text_encoder_3", "tokenizer_3", "last", True, False, kind="t5"),
+        ),
+        ("pooled_projections",),
+        1024,
+        (256, 1536),
+        True,
+        denoiser="transformer",
+        lora=False,
+    ),
 }
 
 
 def detect_family(pipeline_class: str, text_hidden_size: int | None, prediction_type: str) -> Family:
     """Tell the family from facts every diffusers folder states (model_index.json and configs);
     ``text_hidden_size`` is None where the pipeline has no first text encoder (the SDXL refiner)."""
+    if pipeline_class.startswith("StableDiffusion3"):
+        return FAMILIES["sd3"]
     if "XL" in pipeline_class:
         return FAMILIES["sdxl"] if text_hidden_size else FAMILIES["sdxl-refiner"]
     if text_hidden_size == 1024 or prediction_type == "v_prediction":

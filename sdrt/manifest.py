@@ -68,10 +68,16 @@ class Manifest:
     tools: dict[str, str]
     text_layers: int = 0  # hidden layers of the text encoder, the most CLIP skip can count back (0: not recorded)
     zero_empty_negative: bool = False  # no negative prompt conditions with zeros (SDXL's force_zeros_for_empty_prompt)
-    unet_config: dict[str, Any] = field(default_factory=dict)  # diffusers' U-Net config: a single-file ControlNet's
+    unet_config: dict[str, Any] = field(default_factory=dict)  # diffusers' U-Net (or transformer) config: a single-file ControlNet's
+    vae_shift_factor: float = 0.0  # added to the unscaled latents before decoding (SD 3's and Flux's VAE)
     validation: dict[str, Any] = field(default_factory=dict)
     engines: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
+
+    @property
+    def size_multiple(self) -> int:
+        """What image sides must be a multiple of: the VAE's factor, times a transformer's patch (SD 3, Flux: 16)."""
+        return self.vae_scale_factor * int(self.unet_config.get("patch_size", 1))
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

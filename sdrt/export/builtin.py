@@ -20,7 +20,7 @@ WEIGHTS_DIR = DATA_DIR / "weights"
 LORAS_DIR = DATA_DIR / "loras"  # LoRAs trained for a built-in (shapes-star: scripts/train_shapes_lora.py)
 CONTROLNETS_DIR = DATA_DIR / "controlnets"  # ControlNets trained for a built-in (silhouette: scripts/train_shapes_controlnet.py)
 CLIP_VOCAB_DIR = DATA_DIR / "clip"
-NETWORKS = ("unet", "vae", "text_encoder", "text_encoder_2")
+NETWORKS = ("unet", "transformer", "vae", "text_encoder", "text_encoder_2", "text_encoder_3")
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,8 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
     "sd15-arch": BuiltinModel("sd15", (256, 1024)),
     "sd21-arch": BuiltinModel("sd21", (256, 1024)),
     "sdxl-arch": BuiltinModel("sdxl", (512, 1536)),
+    # SD 3.5: an MMDiT transformer (dual attention and RMS-normed q/k, as 3.5 medium), CLIP-L, CLIP-G and T5
+    "tiny-sd3": BuiltinModel("tiny-sd3", (64, 512)),
 }
 DEFAULT_SEED = 0
 
@@ -74,6 +76,17 @@ def clip_tokenizer(tokenizer_config: dict):
 
     kwargs = {k: v for k, v in tokenizer_config.items() if k in ("model_max_length", "bos_token", "eos_token", "unk_token", "pad_token")}
     return CLIPTokenizer(str(CLIP_VOCAB_DIR / "vocab.json"), str(CLIP_VOCAB_DIR / "merges.txt"), **kwargs)
+
+
+def t5_tokenizer(folder: Path):
+    """A T5 (SentencePiece unigram) tokenizer from the pieces and scores stored in ``folder/vocab.json``: the
+    built-ins' small vocabulary of prompt words and characters."""
+    from transformers import T5TokenizerFast
+
+    config = _json(folder / "tokenizer_config.json")
+    kwargs = {k: v for k, v in config.items() if k in ("model_max_length", "eos_token", "unk_token", "pad_token",
+                                                         "extra_ids")}
+    return T5TokenizerFast(vocab=[tuple(piece) for piece in _json(folder / "vocab.json")], **kwargs)
 
 
 def build_builtin(name: str, dtype=None):
@@ -139,9 +152,10 @@ def make_network(root: Path, index: dict, name: str):
     import transformers
 
     config = _json(root / name / "config.json")
-    if name.startswith("text_encoder"):  # CLIPTextModel, or CLIPTextModelWithProjection (pooled output)
+    if name.startswith("text_encoder"):  # CLIPTextModel, CLIPTextModelWithProjection (pooled output), T5EncoderModel
         fields = {k: v for k, v in config.items() if k not in ("architectures", "model_type")}
-        return getattr(transformers, config["architectures"][0])(transformers.CLIPTextConfig(**fields))
+        kind = transformers.T5Config if config["model_type"] == "t5" else transformers.CLIPTextConfig
+        return getattr(transformers, config["architectures"][0])(kind(**fields))
     return getattr(diffusers, index[name][1]).from_config(config)
 
 
@@ -150,12 +164,16 @@ def pipeline_kwargs(root: Path, index: dict) -> dict:
     tokenizers (from the vocabulary in the repo: the folders hold only their configs), None for the components it
     lists as absent (a refiner's first text encoder), its flags, and no safety checker or watermarker."""
     kwargs: dict = {}
-    for name in ("text_encoder", "tokenizer", "tokenizer_2"):
+    for name in ("text_encoder", "tokenizer", "tokenizer_2", "tokenizer_3"):
         if name in index and index[name][0] is None:
             kwargs[name] = None
+        elif name == "tokenizer_3" and name in index:
+            kwargs[name] = t5_tokenizer(root / name)
         elif name.startswith("tokenizer") and name in index:
             kwargs[name] = clip_tokenizer(_json(root / name / "tokenizer_config.json"))
     if index["_class_name"].startswith("StableDiffusionXL"):
         flags = {k: index[k] for k in ("force_zeros_for_empty_prompt", "requires_aesthetics_score") if k in index}
         return kwargs | flags | {"add_watermarker": False}
+    if index["_class_name"].startswith(("StableDiffusion3", "Flux")):
+        return kwargs
     return kwargs | {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}

@@ -38,12 +38,14 @@ def _validation_shapes(size_range: tuple[int, int], scale: int) -> list[Shape]:
             Shape(2, min(hi, 48), min(hi, 80), lora_rank=3, vectors=4)]
 
 
-def _trace_shape(size_range: tuple[int, int], scale: int) -> Shape:
+def _trace_shape(size_range: tuple[int, int], scale: int, multiple: int = 1) -> Shape:
     # An odd latent size makes diffusers' U-Net take its explicit-upsample-size path, so the traced
     # graph sizes each upsampling from its skip connection and works at every latent size, not only
     # multiples of the U-Net's total downsampling factor. Small, so that tracing computes little.
+    # A transformer's latent is a whole number of patches: the nearest multiples below.
     side = min(size_range[1] // scale, 33)
-    return Shape(1, side | 1, (side + 2) | 1)
+    h, w = side | 1, (side + 2) | 1
+    return Shape(1, h - h % multiple, w - w % multiple)
 
 
 def _tool_versions() -> dict[str, str]:
@@ -71,32 +73,45 @@ def _prepare_output(out: Path) -> Path:
     return tmp
 
 
-def _tokenizer_spec(tokenizer, folder: Path, name: str) -> TokenizerSpec:
+def _tokenizer_spec(tokenizer, folder: Path, name: str, length: int = 77) -> TokenizerSpec:
+    """``length``: the token sequence the runtime makes (CLIP's 77; T5's fixed length, which has no BOS: -1)."""
     tokenizer.save_pretrained(folder / name)
     if not (folder / name / "tokenizer.json").is_file():
         raise ExportError(f"the tokenizer was saved without tokenizer.json in {folder / name}; the runtime needs it.")
     return TokenizerSpec(
         dir=name,
-        model_max_length=int(min(tokenizer.model_max_length, 77)),
-        bos_token_id=int(tokenizer.bos_token_id),
+        model_max_length=int(min(tokenizer.model_max_length, length)),
+        bos_token_id=int(tokenizer.bos_token_id if tokenizer.bos_token_id is not None else -1),
         eos_token_id=int(tokenizer.eos_token_id),
         pad_token_id=int(tokenizer.pad_token_id),
     )
 
 
+def _tokenizer_specs(pipe, family, components: dict[str, ComponentSpec], folder: Path) -> dict[str, TokenizerSpec]:
+    """The tokenizers of the text encoders exported, saved into ``folder``; T5's at its graph's sequence length."""
+    specs = {}
+    for t in family.text_encoders:
+        if t.graph in components:
+            length = components[t.graph].inputs[0].shape[1] if t.kind == "t5" else 77
+            specs[t.tokenizer] = _tokenizer_spec(getattr(pipe, t.tokenizer), folder, t.tokenizer, length)
+    return specs
+
+
 def _model_facts(pipe, family) -> dict:
     """What the manifest needs from the networks' configs, read before the export frees the networks."""
+    denoiser = getattr(pipe, family.denoiser)
     return {
         # A VAE that overflows in fp16 (its config's force_upcast, as SDXL's: black or NaN images) stays fp32 in an
         # fp16 export, as diffusers upcasts it.
         "vae_fp32": bool(pipe.vae.config.get("force_upcast")),
         "latent_channels": pipe.vae.config.latent_channels,
         "vae_scaling_factor": float(pipe.vae.config.scaling_factor),
-        "sample_size": pipe.unet.config.sample_size,
+        "vae_shift_factor": float(pipe.vae.config.get("shift_factor") or 0.0),
+        "sample_size": denoiser.config.sample_size,
         # CLIP skip counts back from each encoder's own layer (SDXL's is the penultimate one)
         "text_layers": min(getattr(pipe, t.component).config.num_hidden_layers - (t.hidden_state != "last")
-                           for t in family.text_encoders),
-        "unet_config": {k: v for k, v in dict(pipe.unet.config).items() if not k.startswith("_")},
+                           for t in family.text_encoders if t.kind == "clip"),
+        "unet_config": {k: v for k, v in dict(denoiser.config).items() if not k.startswith("_")},
     }
 
 
@@ -106,11 +121,13 @@ def export_graph(graph: ComponentGraph, folder: Path, precision: str, size_range
     fp16: what the graph will hold); ``release`` frees the network once PyTorch's part is done, before ONNX
     Runtime loads the graph."""
     t0 = time.perf_counter()
-    graph.module.float()
+    # eval: a wrapper module is made in training mode, and torch.onnx.export puts it (and so the network) back in
+    # it after tracing: T5's dropout would then randomise the reference outputs
+    graph.module.float().eval()
     scratch = folder / f".trace-{graph.name}"
     scratch.mkdir()
     try:
-        traced = onnx_io.trace_to_onnx(graph, _trace_shape(size_range, scale), scratch)
+        traced = onnx_io.trace_to_onnx(graph, _trace_shape(size_range, scale, graph.latent_multiple), scratch)
         refs = references(graph, _validation_shapes(size_range, scale)) if validate else []
         name, inputs, outputs, fp32_scopes = graph.name, graph.inputs, graph.outputs, graph.fp32_scopes
         if release:
@@ -185,6 +202,7 @@ def _export(model: str, out: Path, fp16: bool, allow_pickle: bool, arch: str | N
     if size_range[0] % 8 or size_range[1] % 8 or size_range[0] > size_range[1]:
         raise ExportError(f"size range {size_range} must be two multiples of 8, smallest first.")
     precision = "fp16" if fp16 else "fp32"
+    lora = lora and family.lora
 
     facts = _model_facts(pipe, family)
     tmp = _prepare_output(out)
@@ -195,7 +213,8 @@ def _export(model: str, out: Path, fp16: bool, allow_pickle: bool, arch: str | N
         taesd = load_tiny_vae(tiny_vae, facts["latent_channels"], scale) if tiny_vae else None  # refused before work
         while graphs:  # popped, so that a network's last graph holds the only references to it
             source, name = graphs[0].source, graphs[0].name
-            graph_precision = "fp32" if source == "vae" and facts["vae_fp32"] else precision
+            keep_fp32 = graphs[0].fp32_always or (source == "vae" and facts["vae_fp32"])
+            graph_precision = "fp32" if keep_fp32 else precision
             last_use = source not in {g.source for g in graphs[1:]}
             release = (lambda source=source: setattr(pipe, source, None)) if last_use else None
             components[name], graph_checks = export_graph(graphs.pop(0), tmp, graph_precision, size_range, scale,
@@ -215,13 +234,13 @@ def _export(model: str, out: Path, fp16: bool, allow_pickle: bool, arch: str | N
             family=family.name,
             precision=precision,
             components=components,
-            tokenizers={t.tokenizer: _tokenizer_spec(getattr(pipe, t.tokenizer), tmp, t.tokenizer)
-                        for t in family.text_encoders},
+            tokenizers=_tokenizer_specs(pipe, family, components, tmp),
             scheduler_config=scheduler_config,
             prediction_type=prediction_type,
             latent_channels=facts["latent_channels"],
             vae_scale_factor=scale,
             vae_scaling_factor=facts["vae_scaling_factor"],
+            vae_shift_factor=facts["vae_shift_factor"],
             default_size=min(max(facts["sample_size"] * scale, size_range[0]), size_range[1]),
             size_range=size_range,
             max_batch=max_batch,

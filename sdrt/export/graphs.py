@@ -37,6 +37,8 @@ class ComponentGraph:
     make_inputs: Callable[[Shape, torch.Generator], dict[str, torch.Tensor]]
     # Node-name prefixes kept in fp32 by --fp16 (besides the normalisation ops, see onnx_io).
     fp32_scopes: tuple[str, ...] = ()
+    latent_multiple: int = 1  # what the latent's sides must be a multiple of (a transformer's patch)
+    fp32_always: bool = False  # kept in fp32 by --fp16 as a whole (T5 overflows in fp16)
 
     def dynamic_axes(self) -> dict[str, dict[int, str]]:
         return {t.name: {i: d for i, d in enumerate(t.shape) if isinstance(d, str)} for t in self.inputs + self.outputs}
@@ -162,13 +164,16 @@ class VaeEncoderGraph(torch.nn.Module):
 
 def component_graphs(pipe, family: Family, lora: bool = True) -> list[ComponentGraph]:
     """The graphs of a pipeline of ``family``, wrapped with the contract's IO names: its text encoders, the VAE
-    decoder and encoder, and the U-Net (with the family's extra conditioning inputs) last, so that an export can
+    decoder and encoder, and the denoiser (with the family's extra conditioning inputs) last, so that an export can
     free each network once it is done with it before the biggest one is traced. ``lora``: the text encoders and
     the U-Net with LoRA sites."""
-    unet, vae = pipe.unet, pipe.vae
+    if family.denoiser == "transformer":
+        from .transformer_graphs import transformer_family_graphs
+
+        return transformer_family_graphs(pipe, family)
+    unet = pipe.unet
     channels = unet.config.in_channels
-    latent_channels = vae.config.latent_channels
-    scale = 2 ** (len(vae.config.block_out_channels) - 1)
+    scale = vae_scale(pipe.vae)
     text_dim = unet.config.cross_attention_dim
     extras = unet_extras(pipe, family)
     residuals = unet_residuals(unet.config)
@@ -182,12 +187,6 @@ def component_graphs(pipe, family: Family, lora: bool = True) -> list[ComponentG
         }
         return inputs | _extra_inputs(extras, s, scale, b, g) | _random_residuals(residuals, s, b, g)
 
-    def latent(s: Shape, g):
-        return {"latent": torch.randn(s.batch, latent_channels, s.latent_h, s.latent_w, generator=g)}
-
-    def image(s: Shape, g):
-        return {"image": torch.rand(s.batch, 3, s.latent_h * scale, s.latent_w * scale, generator=g) * 2 - 1}
-
     unet_graph = ComponentGraph(
         UNET.name, "unet", UNetGraph(unet, tuple(t.name for t in extras)),
         *Denoiser.io(channels, unet.config.out_channels, text_dim, extras, residuals), unet_inputs,
@@ -197,10 +196,28 @@ def component_graphs(pipe, family: Family, lora: bool = True) -> list[ComponentG
     )
     return [
         *(text_encoder_graph(pipe, spec, lora) for spec in family.text_encoders),
-        ComponentGraph(VAE_DECODER.name, "vae", VaeDecoderGraph(vae), *VaeDecoder.io(latent_channels), latent),
-        ComponentGraph(VAE_ENCODER.name, "vae", VaeEncoderGraph(vae), *VaeEncoder.io(latent_channels), image),
+        *vae_graphs(pipe.vae),
         with_lora_sites(unet_graph, unet) if lora else unet_graph,
     ]
+
+
+def vae_scale(vae) -> int:
+    """Image pixels per latent pixel."""
+    return 2 ** (len(vae.config.block_out_channels) - 1)
+
+
+def vae_graphs(vae) -> list[ComponentGraph]:
+    """The VAE decoder's and encoder's graphs."""
+    latent_channels, scale = vae.config.latent_channels, vae_scale(vae)
+
+    def latent(s: Shape, g):
+        return {"latent": torch.randn(s.batch, latent_channels, s.latent_h, s.latent_w, generator=g)}
+
+    def image(s: Shape, g):
+        return {"image": torch.rand(s.batch, 3, s.latent_h * scale, s.latent_w * scale, generator=g) * 2 - 1}
+
+    return [ComponentGraph(VAE_DECODER.name, "vae", VaeDecoderGraph(vae), *VaeDecoder.io(latent_channels), latent),
+            ComponentGraph(VAE_ENCODER.name, "vae", VaeEncoderGraph(vae), *VaeEncoder.io(latent_channels), image)]
 
 
 def with_lora_sites(graph: ComponentGraph, network: torch.nn.Module, under: str = "") -> ComponentGraph:

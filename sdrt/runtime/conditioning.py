@@ -9,16 +9,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..components import TEXT_ENCODER, TEXT_ENCODER_2, UNET, TextEncoder
+from ..components import T5_ENCODER, TEXT_ENCODER, TEXT_ENCODER_2, UNET, WINDOW, TextEncoder
 from ..embeddings.files import ANY_ENCODER, Embedding
 from ..embeddings.library import NO_MATCHES, EmbeddingLibrary
 from ..errors import ManifestError
 from ..lora.tags import remove_tags
 from ..manifest import Manifest
 from .backends import Backend
-from .prompts import PromptChunks, apply_weights, tokenize_prompt
+from .prompts import PromptChunks, apply_weights, parse_prompt_attention, tokenize_prompt
 from .request import Job, takes_clip_skip
-from .tokenizer import ClipTokenizer
+from .tokenizer import ClipTokenizer, T5Tokenizer
 
 Conditioning = dict[str, np.ndarray]  # U-Net input name -> array with the U-Net's batch
 
@@ -136,6 +136,52 @@ class SdxlConditioner:
         return np.array([*size, 0, 0, *size], dtype=np.float32)
 
 
+class Sd3Conditioner:
+    """SD 3 / 3.5, as diffusers' StableDiffusion3Pipeline: CLIP-L's and CLIP-G's penultimate hidden states side by
+    side (each prompt's first 77 tokens, AUTOMATIC1111's weighting inside them), zero-padded to T5's width, then T5's
+    hidden states of the prompt (``T5_LENGTH`` tokens; zeros where the export has no T5, as diffusers without
+    ``text_encoder_3``), all along the token axis as ``encoder_hidden_states``; both CLIPs' pooled embeddings side
+    by side as ``pooled_projections``. T5 reads the prompt's text without the weighting syntax."""
+
+    ENCODERS = SdxlConditioner.ENCODERS
+
+    def __init__(self, folder, manifest: Manifest, backend: Backend, embeddings: EmbeddingLibrary | None = None):
+        self.manifest, self.backend = manifest, backend
+        self.text = TextEncoders(folder, manifest, embeddings, self.ENCODERS)
+        self.t5 = T5Tokenizer(folder, manifest.tokenizers["tokenizer_3"]) if T5_ENCODER.name in manifest.components \
+            else None
+        context = manifest.components[UNET.name].input("encoder_hidden_states").shape
+        self.t5_shape = (context[1] - WINDOW, context[2])  # T5's tokens and width
+
+    def tokenize(self, job: Job) -> Tokens:
+        texts = [_texts(job.negatives, job.prompts, job), _texts(job.negatives_2, job.prompts_2, job)]
+        return self.text.tokenize(texts, job.weighting)
+
+    def encode(self, tokens: Tokens, job: Job) -> Conditioning:
+        count = len(tokens.prompts) // 2
+        hidden, pooled = [], []
+        for k, (component, _, _) in enumerate(self.text.encoders):
+            prompts = tokens.prompts[k * count:(k + 1) * count]
+            h, out = _encode(self.backend, component.name, prompts, tokens.chunks, job.clip_skip, tokens.vectors[k])
+            hidden.append(h[:, :WINDOW])  # the first chunk: diffusers truncates the prompt to CLIP's window
+            pooled.append(out["pooled"].astype(np.float32).reshape(count, tokens.chunks, -1)[:, 0])
+        clip = np.concatenate(hidden, axis=-1)
+        clip = np.pad(clip, ((0, 0), (0, 0), (0, self.t5_shape[1] - clip.shape[-1])))
+        context = np.concatenate([clip, self._t5(job, count)], axis=1)
+        pooled = np.concatenate(pooled, axis=-1)
+        return {"encoder_hidden_states": np.repeat(context, job.num_images, axis=0),
+                "pooled_projections": np.repeat(pooled, job.num_images, axis=0)}
+
+    def _t5(self, job: Job, count: int) -> np.ndarray:
+        if self.t5 is None:
+            return np.zeros((count, *self.t5_shape), np.float32)
+        texts = _texts(job.negatives, job.prompts, job)
+        if job.weighting:
+            texts = ["".join(part for part, _ in parse_prompt_attention(t) if part != "BREAK") for t in texts]
+        out = self.backend.run(T5_ENCODER.name, {"input_ids": self.t5(texts)})
+        return out["last_hidden_state"].astype(np.float32)
+
+
 def _texts(negatives: list[str], prompts: list[str], job: Job) -> list[str]:
     """What one text encoder sees of a call: negatives first when guidance runs, LoRA tags taken out."""
     return [remove_tags(text) for text in (negatives + prompts if job.do_cfg else prompts)]
@@ -175,7 +221,8 @@ def _vector_width(manifest: Manifest, component: TextEncoder) -> int | None:
     return names["embedding_vectors"].shape[1] if "embedding_vectors" in names else None
 
 
-CONDITIONERS = {"sd1": ClipConditioner, "sd2": ClipConditioner, "sdxl": SdxlConditioner, "sdxl-refiner": SdxlConditioner}
+CONDITIONERS = {"sd1": ClipConditioner, "sd2": ClipConditioner, "sdxl": SdxlConditioner, "sdxl-refiner": SdxlConditioner,
+                "sd3": Sd3Conditioner}
 
 
 def conditioner_for(folder, manifest: Manifest, backend: Backend, embeddings: EmbeddingLibrary | None = None):

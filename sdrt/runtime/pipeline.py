@@ -36,6 +36,7 @@ from .noise import GeneratorKind
 from .preview import Preview, denoised
 from .request import Job, StepCallback, make_job
 from .schedulers import Scheduler, default_sampler, make_scheduler
+from .schedulers.flow_match import flow_schedule
 
 log = logging.getLogger("sdrt")
 
@@ -388,7 +389,10 @@ class Pipeline:
         scheduler = make_scheduler(job.sampler, self.manifest.scheduler_config)
         scheduler.set_noise_scales(job.eta, job.s_noise)
         scheduler.set_noise_source(job.generator.randn)  # stochastic samplers continue the seed's stream
-        scheduler.set_timesteps(job.steps)
+        if scheduler.prediction_type == "flow":  # its schedule may follow the image's size (Flux)
+            scheduler.set_timesteps(job.steps, **flow_schedule(self.manifest, job.height, job.width))
+        else:
+            scheduler.set_timesteps(job.steps)
         return scheduler
 
     def _encode_image(self, image: np.ndarray, generator, timings: dict) -> np.ndarray:
@@ -401,7 +405,8 @@ class Pipeline:
                 f"export the model again to use images"
             )
         mean, std = out["latent"].astype(np.float32), out["latent_std"].astype(np.float32)
-        latents = (mean + std * generator.randn(mean.shape)) * np.float32(self.manifest.vae_scaling_factor)
+        sample = mean + std * generator.randn(mean.shape) - np.float32(self.manifest.vae_shift_factor)
+        latents = sample * np.float32(self.manifest.vae_scaling_factor)
         timings[VAE_ENCODER.stage] = timings.get(VAE_ENCODER.stage, 0.0) + time.perf_counter() - t0
         return latents
 
@@ -452,11 +457,15 @@ class Pipeline:
 
     def _decode(self, latents: np.ndarray, timings: dict, tiny: bool = False) -> list[Image.Image]:
         t0 = time.perf_counter()
-        latent = latents / np.float32(self.manifest.vae_scaling_factor)
-        decoded = self.backend.run((TINY_VAE_DECODER if tiny else VAE_DECODER).name, {"latent": latent})["image"]
+        decoded = self.backend.run((TINY_VAE_DECODER if tiny else VAE_DECODER).name, {"latent": self._unscaled(latents)})["image"]
         timings[VAE_DECODER.stage] = time.perf_counter() - t0
         _check_finite(decoded, "the VAE decoder")
         return imageio.to_pil(decoded.astype(np.float32))
+
+    def _unscaled(self, latents: np.ndarray) -> np.ndarray:
+        """The VAE decoder's input: the sampler's latents unscaled (and shifted back: SD 3's and Flux's VAE)."""
+        m = self.manifest
+        return latents / np.float32(m.vae_scaling_factor) + np.float32(m.vae_shift_factor)
 
     @property
     def has_tiny_vae(self) -> bool:
@@ -473,8 +482,7 @@ class Pipeline:
     def _decode_preview(self, latents: np.ndarray) -> list[Image.Image]:
         """A live preview of ``latents`` by ``preview_decoder`` (none where the estimate is not finite: a preview
         never fails a call)."""
-        decoded = self.backend.run(self.preview_decoder,
-                                   {"latent": latents / np.float32(self.manifest.vae_scaling_factor)})
+        decoded = self.backend.run(self.preview_decoder, {"latent": self._unscaled(latents)})
         image = decoded["image"].astype(np.float32)
         return imageio.to_pil(image) if np.isfinite(image).all() else []
 

@@ -64,7 +64,10 @@ class Preview:
 def denoised(scheduler: Scheduler, scaled_input: np.ndarray, noise_pred: np.ndarray, t) -> np.ndarray:
     """The model's estimate of the clean (scaled) latents from its prediction at timestep ``t``. Every sampler's
     U-Net input is x_t = √ᾱ·x0 + √(1−ᾱ)·ε at the input's timestep (a σ sampler's x/√(σ²+1) is that, ᾱ = 1/(σ²+1)),
-    so one formula serves all; ᾱ is interpolated at fractional timesteps (Karras σs)."""
+    so one formula serves all; ᾱ is interpolated at fractional timesteps (Karras σs). A flow sampler's x0 is
+    x − σ·v."""
+    if scheduler.prediction_type == "flow":
+        return scheduler.predict_x0(noise_pred.astype(np.float32), scaled_input.astype(np.float32), t)
     alphas = scheduler.alphas_cumprod
     alpha_bar = float(np.interp(float(t), np.arange(len(alphas)), alphas))
     return predict_x0(scheduler.prediction_type, noise_pred.astype(np.float32), scaled_input.astype(np.float32),

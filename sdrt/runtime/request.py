@@ -15,7 +15,7 @@ from ..components import TEXT_ENCODER, TEXT_ENCODER_2, UNET
 from ..errors import ManifestError, UserInputError
 from . import images as imageio
 from .noise import MAX_SEED, PerImageGenerators, make_generator, random_seed
-from .schedulers import canonical_name, make_scheduler
+from .schedulers import make_scheduler, model_sampler
 
 if TYPE_CHECKING:
     from .control import Control
@@ -80,7 +80,7 @@ def make_job(pipe: Pipeline, prompt, negative_prompt, num_inference_steps, guida
     """The Job of a ``Pipeline.__call__`` (same arguments), every value checked and every default filled in."""
     m = pipe.manifest
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-    sampler = canonical_name(scheduler or pipe.default_sampler)
+    sampler = model_sampler(scheduler or pipe.default_sampler, m.scheduler_config)
     negatives = _negatives(negative_prompt, len(prompts))
     prompts_2, negatives_2 = _second_prompts(pipe, prompt_2, negative_prompt_2, prompts, negatives)
 
@@ -223,8 +223,8 @@ def _check(pipe: Pipeline, prompts, steps, guidance_scale, height, width, num_im
     if not isinstance(guidance_scale, (int, float)) or not math.isfinite(guidance_scale):
         raise UserInputError(f"the guidance scale must be a finite number, got {guidance_scale!r}")
     for label, v in (("height", height), ("width", width)):
-        if not isinstance(v, int) or v % m.vae_scale_factor:
-            raise UserInputError(f"{label} must be a multiple of {m.vae_scale_factor}, got {v!r}")
+        if not isinstance(v, int) or v % m.size_multiple:
+            raise UserInputError(f"{label} must be a multiple of {m.size_multiple}, got {v!r}")
         if not lo <= v <= hi:
             raise UserInputError(f"{label} {v} is outside the range this model was exported for: {lo} to {hi} pixels")
     if not isinstance(num_images, int) or num_images < 1:

@@ -16,6 +16,7 @@ from .ddpm import DDPMScheduler
 from .dpm_sde import DPMSolverSDEKarrasScheduler, DPMSolverSDEScheduler
 from .dpm_solver import DPMSolverMultistepKarrasScheduler, DPMSolverMultistepScheduler
 from .euler import EulerAncestralDiscreteScheduler, EulerDiscreteScheduler
+from .flow_match import FlowMatchEulerScheduler, FlowMatchHeunScheduler
 from .heun import HeunDiscreteScheduler
 from .lcm import LCMScheduler
 from .lms import LMSDiscreteScheduler
@@ -36,8 +37,12 @@ SCHEDULERS: dict[str, type[Scheduler]] = {
     "unipc": UniPCMultistepScheduler,
     "ddpm": DDPMScheduler,
     "lcm": LCMScheduler,
+    "flow-euler": FlowMatchEulerScheduler,
+    "flow-heun": FlowMatchHeunScheduler,
 }
 SCHEDULER_NAMES = tuple(SCHEDULERS)
+# A flow-matching model (SD 3, Flux) samples with these alone; AUTOMATIC1111's names ask for them there.
+FLOW_SAMPLERS = {"euler": "flow-euler", "heun": "flow-heun"}
 
 # AUTOMATIC1111's display names, as written into PNG infotext.
 A1111_NAMES = {
@@ -54,6 +59,8 @@ A1111_NAMES = {
     "unipc": "UniPC",
     "ddpm": "DDPM",
     "lcm": "LCM",
+    "flow-euler": "Euler",  # what AUTOMATIC1111 (Forge) calls it on SD 3 and Flux
+    "flow-heun": "Heun",
 }
 
 # The diffusers scheduler class a model's scheduler_config names → the sampler that runs it.
@@ -69,6 +76,8 @@ DIFFUSERS_CLASSES = {
     "UniPCMultistepScheduler": "unipc",
     "DDPMScheduler": "ddpm",
     "LCMScheduler": "lcm",
+    "FlowMatchEulerDiscreteScheduler": "flow-euler",
+    "FlowMatchHeunDiscreteScheduler": "flow-heun",
 }
 KARRAS_VARIANTS = {"dpm++2m": "dpm++2m-karras", "dpm++sde": "dpm++sde-karras"}  # sampler -> its Karras variant
 
@@ -94,7 +103,7 @@ ALIASES = {
     "k_lms": "lms",
     "uni_pc": "unipc",
     "uni_pc_bh2": "unipc",
-    **{a1111.lower(): canonical for canonical, a1111 in A1111_NAMES.items()},
+    **{a1111.lower(): canonical for canonical, a1111 in A1111_NAMES.items() if canonical not in FLOW_SAMPLERS.values()},
     **{cls.lower(): canonical for cls, canonical in DIFFUSERS_CLASSES.items()},
 }
 
@@ -113,6 +122,9 @@ __all__ = [
     "DPMSolverSDEScheduler",
     "EulerAncestralDiscreteScheduler",
     "EulerDiscreteScheduler",
+    "FLOW_SAMPLERS",
+    "FlowMatchEulerScheduler",
+    "FlowMatchHeunScheduler",
     "HeunDiscreteScheduler",
     "LCMScheduler",
     "LMSDiscreteScheduler",
@@ -124,6 +136,7 @@ __all__ = [
     "default_sampler",
     "diffusers_equivalent",
     "make_scheduler",
+    "model_sampler",
 ]
 
 
@@ -173,3 +186,31 @@ def make_scheduler(name: str, config: dict | None = None, **options) -> Schedule
     ignored, missing ones take the diffusers class's default. ``options`` go to the constructor
     (``use_karras_sigmas=True`` for dpm++2m, dpm++sde, euler, heun, lms, unipc)."""
     return SCHEDULERS[canonical_name(name)](config, **options)
+
+
+def is_flow(scheduler_config: dict | None) -> bool:
+    """Whether a model's scheduler config is a flow-matching one (SD 3, Flux)."""
+    return (scheduler_config or {}).get("_class_name", "").startswith("FlowMatch")
+
+
+def model_sampler(name: str, scheduler_config: dict | None) -> str:
+    """The sampler ``name`` (any accepted name) as a model of ``scheduler_config`` runs it: on a flow-matching model
+    Euler and Heun are the flow samplers (as AUTOMATIC1111 Forge names them); a sampler of the other kind is
+    refused, saying which apply."""
+    canonical = canonical_name(name)
+    flow = set(FLOW_SAMPLERS.values())
+    if is_flow(scheduler_config):
+        canonical = FLOW_SAMPLERS.get(canonical, canonical)
+        if canonical not in flow:
+            raise UserInputError(f"the sampler {name!r} does not apply to a flow-matching model (SD 3, Flux): use "
+                                 f"{' or '.join(A1111_NAMES[s] for s in sorted(flow))}")
+    elif canonical in flow:
+        raise UserInputError(f"the sampler {name!r} is for flow-matching models (SD 3, Flux); this model takes "
+                             f"{', '.join(s for s in SCHEDULER_NAMES if s not in flow)}")
+    return canonical
+
+
+def model_samplers(scheduler_config: dict | None) -> tuple[str, ...]:
+    """The samplers a model of ``scheduler_config`` runs."""
+    flow = set(FLOW_SAMPLERS.values())
+    return tuple(s for s in SCHEDULER_NAMES if (s in flow) == is_flow(scheduler_config))
