@@ -45,6 +45,7 @@ def cmd_export(args: argparse.Namespace) -> None:
         size_range=args.size_range,
         max_batch=args.max_batch,
         lora=not args.no_lora,
+        t5=not args.no_t5,
         controlnets=args.controlnet,
         tiny_vae=args.tiny_vae,
     )
@@ -294,6 +295,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fp16", action="store_true", help="write fp16 graphs (weights and compute)")
     p.add_argument("--allow-pickle", action="store_true", help="allow pickle checkpoints (.ckpt/.bin): they can run code")
     p.add_argument("--no-lora", action="store_true", help="graphs without LoRA inputs (they cannot take LoRAs)")
+    p.add_argument("--no-t5", action="store_true",
+                   help="SD 3: leave the T5 encoder out (zeros in its place, as diffusers allows): much less memory")
     p.add_argument("--arch", help="architecture of a .safetensors checkpoint when its keys cannot tell (sd15, sd21, tiny, …)")
     p.add_argument("--size-range", type=_size_range, metavar="MIN,MAX", help="image sides in pixels the export supports")
     p.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH, help=f"largest number of images per call (default {DEFAULT_MAX_BATCH})")

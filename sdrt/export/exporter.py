@@ -21,7 +21,7 @@ from . import builtin, memory, onnx_io
 from .additions import record_checks
 from .controlnet import add_controlnets, parse_source
 from .graphs import ComponentGraph, Shape, component_graphs
-from .sources import load_model
+from .sources import OPTIONAL_T5, load_model
 from .tiny_vae import add_tiny_vae, load_tiny_vae
 from .validate import Check, as_json, references, report, validate_graph
 
@@ -156,6 +156,7 @@ def export(
     lora: bool = True,
     controlnets: list[str] = (),
     tiny_vae: str | None = None,
+    t5: bool = True,
 ) -> Manifest:
     """Export ``model`` (built-in name, diffusers folder or .safetensors) to the folder ``out``.
 
@@ -164,7 +165,8 @@ def export(
     take LoRAs, for comparison. ``controlnets``: ControlNets to add (``PATH`` or ``NAME=PATH``, see
     ``export/controlnet.py``), each its own graph. ``tiny_vae``: a diffusers AutoencoderTiny folder (or ``random``)
     exported as the tiny decoder ``vae_decoder_tiny`` (``export/tiny_vae.py``); a built-in that ships one has it
-    by default.
+    by default. ``t5=False`` leaves SD 3's T5 encoder out (it is not even loaded): the runtime conditions on zeros
+    in its place, as diffusers does without ``text_encoder_3``.
     """
     out = Path(out)
     started = time.perf_counter()
@@ -172,7 +174,7 @@ def export(
     need = memory.check_fits(model, fp16)
     with memory.freed_memory_returned(bool(need and need > memory.BIG_EXPORT_BYTES)):
         return _export(model, out, fp16, allow_pickle, arch, size_range, max_batch, validate, lora, named, tiny_vae,
-                       started)
+                       t5, started)
 
 
 def _copy_shipped_loras(model: str, folder: Path) -> None:
@@ -186,8 +188,9 @@ def _copy_shipped_loras(model: str, folder: Path) -> None:
 
 def _export(model: str, out: Path, fp16: bool, allow_pickle: bool, arch: str | None,
             size_range: tuple[int, int] | None, max_batch: int, validate: bool, lora: bool,
-            controlnets: list[tuple[str, Path]], tiny_vae: str | None, started: float) -> Manifest:
-    loaded = load_model(model, allow_pickle=allow_pickle, arch=arch, dtype=torch.float16 if fp16 else None)
+            controlnets: list[tuple[str, Path]], tiny_vae: str | None, t5: bool, started: float) -> Manifest:
+    loaded = load_model(model, allow_pickle=allow_pickle, arch=arch, dtype=torch.float16 if fp16 else None,
+                        without=() if t5 else OPTIONAL_T5)
     pipe = loaded.pipe
     scheduler_config = {k: v for k, v in dict(pipe.scheduler.config).items() if not k.startswith("_")}
     scheduler_config["_class_name"] = type(pipe.scheduler).__name__

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from ..fileio import sha256_file
 from .builtin import BUILTIN_MODELS, NETWORKS, build_builtin, builtin_hash
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
+OPTIONAL_T5 = ("text_encoder_3", "tokenizer_3")  # SD 3 runs without T5 (zeros in its place), as diffusers allows
 
 
 @dataclass
@@ -40,9 +42,13 @@ def _folder_hash(folder: Path) -> str:
     return digest.hexdigest()[:10]
 
 
-def _load_diffusers_folder(folder: Path, allow_pickle: bool, dtype):
+def _load_diffusers_folder(folder: Path, allow_pickle: bool, dtype, without: tuple[str, ...] = ()):
     from diffusers import DiffusionPipeline
 
+    index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
+    options = {name: None for name in without if name in index}  # left out: not even loaded
+    if index.get("_class_name", "").startswith("StableDiffusion") and "safety_checker" in index:
+        options |= {"safety_checker": None, "requires_safety_checker": False}
     has_safetensors = any(folder.rglob("*.safetensors"))
     if not has_safetensors and any(p.suffix in PICKLE_SUFFIXES for p in folder.rglob("*")) and not allow_pickle:
         raise pickle_refusal(f"{folder} holds only pickle weights (.bin/.ckpt), which")
@@ -51,23 +57,26 @@ def _load_diffusers_folder(folder: Path, allow_pickle: bool, dtype):
             folder,
             local_files_only=True,
             use_safetensors=None if allow_pickle else True,
-            safety_checker=None,
-            requires_safety_checker=False,
             dtype=dtype,
+            **options,
         )
     except Exception as e:  # diffusers raises OSError, ValueError, EnvironmentError, ...
         raise ModelSourceError(f"could not load the diffusers folder {folder}: {e}") from e
 
 
-def load_model(model: str, allow_pickle: bool = False, arch: str | None = None, dtype=None) -> LoadedModel:
+def load_model(model: str, allow_pickle: bool = False, arch: str | None = None, dtype=None,
+               without: tuple[str, ...] = ()) -> LoadedModel:
     """Load ``model`` (a built-in name, a diffusers folder or a checkpoint file) as a diffusers pipeline, its
     weights in ``dtype`` (default fp32; an fp16 export loads them in fp16, half the memory).
 
     ``arch`` names the architecture config (``sdrt/data/arch``) of a single-file checkpoint when its
-    keys cannot tell it.
+    keys cannot tell it. ``without``: optional components to leave out (set to None), where the model has them.
     """
     if model in BUILTIN_MODELS:
         pipe = build_builtin(model, dtype)
+        for name in without:
+            if getattr(pipe, name, None) is not None:
+                pipe.register_modules(**{name: None})
         return LoadedModel(pipe, "builtin", model, builtin_hash(model), BUILTIN_MODELS[model].size_range)
 
     path = Path(model).expanduser()
@@ -79,7 +88,7 @@ def load_model(model: str, allow_pickle: bool = False, arch: str | None = None, 
     if path.is_dir():
         if not (path / "model_index.json").is_file():
             raise ModelSourceError(f"{path} has no model_index.json, so it is not a diffusers pipeline folder.")
-        pipe = _load_diffusers_folder(path, allow_pickle, dtype)
+        pipe = _load_diffusers_folder(path, allow_pickle, dtype, without)
         return LoadedModel(pipe, "diffusers", model, _folder_hash(path))
 
     suffix = path.suffix.lower()

@@ -27,7 +27,7 @@ from ..errors import UserInputError
 from ..lora.tags import read_tags
 from ..runtime import GenerationResult
 from ..runtime.noise import MAX_SEED, random_seed
-from ..runtime.schedulers import A1111_NAMES, ALIASES, a1111_name
+from ..runtime.schedulers import A1111_NAMES, ALIASES, FLOW_SAMPLERS, a1111_name
 from ..manifest import Manifest
 from . import controlnet_api
 from .batcher import Job
@@ -321,7 +321,9 @@ def samplers() -> list[dict]:
     for alias, canonical in ALIASES.items():
         if alias.startswith("k_"):
             aliases.setdefault(canonical, []).append(alias)
-    return [{"name": name, "aliases": aliases.get(canonical, []), "options": {}} for canonical, name in A1111_NAMES.items()]
+    # a flow model's samplers go by the names of the others (Euler, Heun): listed once
+    return [{"name": name, "aliases": aliases.get(canonical, []), "options": {}} for canonical, name in A1111_NAMES.items()
+            if canonical not in FLOW_SAMPLERS.values()]
 
 
 def parse_infotext(text: str) -> dict[str, str]:

@@ -1,0 +1,157 @@
+"""SD 3 / 3.5 on the runtime: tiny-sd3 (an MMDiT with dual attention and RMS-normed q/k as 3.5 medium, CLIP-L,
+CLIP-G and T5, a 16-channel VAE with a shift) against diffusers' StableDiffusion3 pipelines from a seed alone:
+flow-matching Euler and Heun, batches with negative prompts, image to image, no T5; OpenVINO; fp16 graphs; the
+AUTOMATIC1111 API."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from sdrt.errors import UserInputError
+from sdrt.manifest import load_manifest
+from sdrt.runtime import Pipeline
+
+from parity_helpers import psnr
+
+PROMPTS = ["a red circle on a blue background", "a green square"]
+NEGATIVES = ["", "blurry"]
+KW = dict(num_inference_steps=4, height=64, width=96, guidance_scale=5.0)
+DIFFUSERS = {"euler": "FlowMatchEulerDiscreteScheduler", "heun": "FlowMatchHeunDiscreteScheduler"}
+
+
+@pytest.fixture(scope="module")
+def sd3(export_dir):
+    with Pipeline.load(export_dir("tiny-sd3")) as pipe:
+        yield pipe
+
+
+@pytest.fixture(scope="module")
+def reference(reference_pipeline):
+    pipe = reference_pipeline("tiny-sd3")
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _diffusers(pipe, sampler: str, seed: int, **kwargs):
+    import diffusers
+
+    pipe.scheduler = getattr(diffusers, DIFFUSERS[sampler]).from_config(pipe.scheduler.config)
+    with torch.no_grad():
+        out = pipe(generator=torch.Generator().manual_seed(seed), output_type="latent", **{**KW, **kwargs}).images
+        latents = out / pipe.vae.config.scaling_factor + pipe.vae.config.shift_factor
+        image = pipe.vae.decode(latents, return_dict=False)[0]
+    images = (pipe.image_processor.postprocess(image, output_type="np") * 255).round().astype(np.uint8)
+    return out.numpy(), images
+
+
+def _assert_matches(ours, expected) -> None:
+    latents, images = expected
+    rel = np.abs(ours.latents - latents).max() / np.abs(latents).max()
+    assert rel < 1e-4, f"final latents differ: relative error {rel:.2e}"
+    for mine, ref in zip(ours.images, images):
+        assert np.asarray(mine).std() > 5, "a flat image proves nothing"
+        assert psnr(np.asarray(mine), ref) > 45
+
+
+def test_export_describes_the_transformer_and_t5(export_dir):
+    m = load_manifest(export_dir("tiny-sd3"))
+    assert m.family == "sd3" and set(m.components) >= {"text_encoder", "text_encoder_2", "t5_encoder", "unet"}
+    unet = m.components["unet"]
+    assert unet.input("encoder_hidden_states").shape == ("2B", 77 + 256, 64)  # CLIP's window, then T5's tokens
+    assert unet.input("pooled_projections").shape == ("2B", 64)
+    assert m.latent_channels == 16 and m.vae_shift_factor == pytest.approx(0.0609)
+    assert m.size_multiple == 16 and m.tokenizers["tokenizer_3"].model_max_length == 256
+    assert not any("lora" in t.name for spec in m.components.values() for t in spec.inputs)
+
+
+@pytest.mark.parametrize("sampler", ["euler", "heun"])
+def test_text_to_image_matches_diffusers(sd3, reference, sampler):
+    ours = sd3(PROMPTS, negative_prompt=NEGATIVES, seed=11, num_images=2, scheduler=sampler, **KW)
+    expected = _diffusers(reference, sampler, 11, prompt=PROMPTS, negative_prompt=NEGATIVES, num_images_per_prompt=2)
+    _assert_matches(ours, expected)
+    assert "Sampler: Euler" in ours.parameters[0] if sampler == "euler" else "Sampler: Heun" in ours.parameters[0]
+
+
+def test_image_to_image_matches_diffusers(sd3, reference):
+    from diffusers import StableDiffusion3Img2ImgPipeline
+
+    rng = np.random.default_rng(3)
+    init = Image.fromarray(rng.integers(0, 255, (64, 96, 3), dtype=np.uint8))
+    ours = sd3(PROMPTS[0], image=init, strength=0.6, seed=5, scheduler="euler", num_inference_steps=5,
+               guidance_scale=4.0)
+    img2img = StableDiffusion3Img2ImgPipeline(**reference.components)
+    img2img.set_progress_bar_config(disable=True)
+    expected = _diffusers(img2img, "euler", 5, prompt=PROMPTS[0], image=init, strength=0.6, num_inference_steps=5,
+                          guidance_scale=4.0)
+    _assert_matches(ours, expected)
+
+
+def test_diffusers_folder_without_t5_conditions_on_zeros_as_diffusers(reference, tmp_path):
+    """A diffusers folder exported with --no-t5: T5 is not loaded, and zeros stand in for it."""
+    from diffusers import StableDiffusion3Pipeline
+    from sdrt.export import export
+
+    parts = {k: v for k, v in reference.components.items() if k not in ("text_encoder_3", "tokenizer_3")}
+    no_t5 = StableDiffusion3Pipeline(**parts, text_encoder_3=None, tokenizer_3=None)
+    no_t5.set_progress_bar_config(disable=True)
+    reference.save_pretrained(tmp_path / "folder")
+    export(str(tmp_path / "folder"), tmp_path / "export", t5=False, size_range=(64, 256))
+    m = load_manifest(tmp_path / "export")
+    assert "t5_encoder" not in m.components and "tokenizer_3" not in m.tokenizers
+    with Pipeline.load(tmp_path / "export") as pipe:
+        ours = pipe(PROMPTS[1], seed=2, **KW)
+    _assert_matches(ours, _diffusers(no_t5, "euler", 2, prompt=PROMPTS[1]))
+
+
+def test_openvino_matches_onnx_runtime(sd3, export_dir):
+    ours = sd3(PROMPTS[0], seed=4, **KW)
+    with Pipeline.load(export_dir("tiny-sd3"), backend="openvino") as ov:
+        assert psnr(np.asarray(ov(PROMPTS[0], seed=4, **KW).images[0]), np.asarray(ours.images[0])) > 45
+    with Pipeline.load(export_dir("tiny-sd3"), backend="openvino:bf16") as ov:
+        image = np.asarray(ov(PROMPTS[0], seed=4, **KW).images[0])
+        assert psnr(image, np.asarray(ours.images[0])) > 25
+
+
+def test_fp16_export_keeps_t5_in_fp32_and_stays_close(sd3, export_dir):
+    folder = export_dir("tiny-sd3", fp16=True)
+    m = load_manifest(folder)
+    assert m.components["t5_encoder"].precision == "fp32" and m.components["unet"].precision == "fp16"
+    with Pipeline.load(folder) as half:
+        image = np.asarray(half(PROMPTS[0], seed=4, **KW).images[0])
+    assert psnr(image, np.asarray(sd3(PROMPTS[0], seed=4, **KW).images[0])) > 25
+
+
+def test_samplers_that_do_not_apply_are_refused(sd3, export_dir):
+    with pytest.raises(UserInputError, match="does not apply to a flow-matching model.*Euler or Heun"):
+        sd3(PROMPTS[0], scheduler="dpm++2m", **KW)
+    with pytest.raises(UserInputError, match="multiple of 16"):
+        sd3(PROMPTS[0], height=72, width=64, num_inference_steps=2)
+    with Pipeline.load(export_dir("tiny")) as sd1, pytest.raises(UserInputError, match="for flow-matching models"):
+        sd1(PROMPTS[0], scheduler="flow-euler", num_inference_steps=2)
+
+
+def test_automatic1111_api_serves_sd3(sd3, export_dir):
+    from fastapi.testclient import TestClient
+    from sdrt.serve.app import create_app
+
+    app = create_app(export_dir("tiny-sd3"), load_in_background=False)
+    with TestClient(app) as client:
+        payload = {"prompt": PROMPTS[0], "steps": 4, "width": 96, "height": 64, "cfg_scale": 5, "seed": 9,
+                   "sampler_name": "Euler"}
+        r = client.post("/sdapi/v1/txt2img", json=payload)
+        assert r.status_code == 200, r.text
+        info = json.loads(r.json()["info"])
+        assert info["sampler_name"] == "Euler" and info["seed"] == 9
+        served = Image.open(io.BytesIO(base64.b64decode(r.json()["images"][0]))).convert("RGB")
+        assert np.array_equal(np.asarray(served), np.asarray(sd3(PROMPTS[0], seed=9, **KW).images[0]))
+        r = client.post("/sdapi/v1/txt2img", json={**payload, "sampler_name": "DPM++ 2M"})
+        assert r.status_code == 422 and "flow-matching" in r.text
+        names = [s["name"] for s in client.get("/sdapi/v1/samplers").json()]
+        assert names.count("Euler") == 1
