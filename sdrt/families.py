@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-FamilyName = Literal["sd1", "sd2", "sdxl", "sdxl-refiner", "sd3"]
+FamilyName = Literal["sd1", "sd2", "sdxl", "sdxl-refiner", "sd3", "flux"]
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,12 @@ class Family:
     exportable: bool  # whether `sdrt export` supports the family yet
     denoiser: Literal["unet", "transformer"] = "unet"  # the pipeline's denoising network (exported as ``unet``)
     lora: bool = True  # whether the export has LoRA sites (the LoRA formats sdrt reads are for U-Net families)
+    t5_tokens: int = 256  # T5's sequence length (diffusers' max_sequence_length)
+    default_guidance: float = 7.5  # the pipeline's guidance_scale unless given (Flux: its distilled guidance)
+    linear_sigmas: bool = False  # a flow schedule spaced as linspace(1, 1/n, n) before the shift (Flux's pipeline)
+    # guidance_scale is an input of the model (Flux: guidance distillation); classifier-free guidance is then
+    # true_cfg_scale, run only with a negative prompt (diffusers' FluxPipeline)
+    distilled_guidance: bool = False
 
 
 _CLIP = TextEncoderSpec("text_encoder", "tokenizer", "last", True, False)
@@ -86,6 +92,28 @@ FAMILIES: dict[str, Family] = {
         True,
         denoiser="transformer",
         lora=False,
+        default_guidance=7.0,
+    ),
+    # Flux.1: an MMDiT on T5's hidden states and CLIP-L's pooled output; latents packed 2×2 (in the graph), rotary
+    # position ids, the distilled guidance as an input (dev; schnell has none); classifier-free guidance only as
+    # diffusers' true_cfg_scale with a negative prompt
+    "flux": Family(
+        "flux",
+        "Flux.1 dev / schnell (MMDiT; CLIP ViT-L pooled and T5-XXL; flow matching, guidance distilled)",
+        (
+            TextEncoderSpec("text_encoder", "tokenizer", "last", True, True),
+            TextEncoderSpec("text_encoder_2", "tokenizer_2", "last", True, False, kind="t5"),
+        ),
+        ("pooled_projections", "guidance"),
+        1024,
+        (256, 1536),
+        True,
+        denoiser="transformer",
+        lora=False,
+        t5_tokens=512,
+        default_guidance=3.5,
+        linear_sigmas=True,
+        distilled_guidance=True,
     ),
 }
 
@@ -95,6 +123,8 @@ def detect_family(pipeline_class: str, text_hidden_size: int | None, prediction_
     ``text_hidden_size`` is None where the pipeline has no first text encoder (the SDXL refiner)."""
     if pipeline_class.startswith("StableDiffusion3"):
         return FAMILIES["sd3"]
+    if pipeline_class.startswith("Flux"):
+        return FAMILIES["flux"]
     if "XL" in pipeline_class:
         return FAMILIES["sdxl"] if text_hidden_size else FAMILIES["sdxl-refiner"]
     if text_hidden_size == 1024 or prediction_type == "v_prediction":

@@ -70,14 +70,15 @@ class Manifest:
     zero_empty_negative: bool = False  # no negative prompt conditions with zeros (SDXL's force_zeros_for_empty_prompt)
     unet_config: dict[str, Any] = field(default_factory=dict)  # diffusers' U-Net (or transformer) config: a single-file ControlNet's
     vae_shift_factor: float = 0.0  # added to the unscaled latents before decoding (SD 3's and Flux's VAE)
+    latent_multiple: int = 1  # what the latent's sides must be a multiple of (a transformer's patch, Flux's packing)
     validation: dict[str, Any] = field(default_factory=dict)
     engines: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
 
     @property
     def size_multiple(self) -> int:
-        """What image sides must be a multiple of: the VAE's factor, times a transformer's patch (SD 3, Flux: 16)."""
-        return self.vae_scale_factor * int(self.unet_config.get("patch_size", 1))
+        """What image sides must be a multiple of: the VAE's factor, times a transformer's patch (SD 3 and Flux: 16)."""
+        return self.vae_scale_factor * self.latent_multiple
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -107,7 +107,7 @@ def _model_facts(pipe, family) -> dict:
         "latent_channels": pipe.vae.config.latent_channels,
         "vae_scaling_factor": float(pipe.vae.config.scaling_factor),
         "vae_shift_factor": float(pipe.vae.config.get("shift_factor") or 0.0),
-        "sample_size": denoiser.config.sample_size,
+        "sample_size": denoiser.config.get("sample_size"),  # none in Flux's: the family's size
         # CLIP skip counts back from each encoder's own layer (SDXL's is the penultimate one)
         "text_layers": min(getattr(pipe, t.component).config.num_hidden_layers - (t.hidden_state != "last")
                            for t in family.text_encoders if t.kind == "clip"),
@@ -212,6 +212,7 @@ def _export(model: str, out: Path, fp16: bool, allow_pickle: bool, arch: str | N
     try:
         components, checks = {}, []
         graphs = component_graphs(pipe, family, lora)
+        latent_multiple = graphs[-1].latent_multiple  # the denoiser's
         tiny_vae = tiny_vae or (builtin.shipped_tiny_vae(loaded.name) if loaded.kind == "builtin" else None)
         taesd = load_tiny_vae(tiny_vae, facts["latent_channels"], scale) if tiny_vae else None  # refused before work
         while graphs:  # popped, so that a network's last graph holds the only references to it
@@ -244,7 +245,9 @@ def _export(model: str, out: Path, fp16: bool, allow_pickle: bool, arch: str | N
             vae_scale_factor=scale,
             vae_scaling_factor=facts["vae_scaling_factor"],
             vae_shift_factor=facts["vae_shift_factor"],
-            default_size=min(max(facts["sample_size"] * scale, size_range[0]), size_range[1]),
+            latent_multiple=latent_multiple,
+            default_size=min(max(facts["sample_size"] * scale if facts["sample_size"] else family.default_size,
+                                 size_range[0]), size_range[1]),
             size_range=size_range,
             max_batch=max_batch,
             model_hash=loaded.model_hash,

@@ -272,7 +272,9 @@ def _time_ids(s: Shape, scale: int, count: int) -> torch.Tensor:
 def text_encoder_graph(pipe, spec: TextEncoderSpec, lora: bool = True) -> ComponentGraph:
     encoder = getattr(pipe, spec.component)
     config = encoder.config
-    pooled = getattr(config, "projection_dim", None) if spec.pooled else None
+    # the pooled output: projected (CLIPTextModelWithProjection's text_embeds), or the final state at EOS (Flux's)
+    projected = hasattr(encoder, "text_projection")
+    pooled = (config.projection_dim if projected else config.hidden_size) if spec.pooled else None
 
     def ids(s: Shape, g):
         # validation runs at CLIP skip 2 where the encoder has the layers (1 is the same graph minus an offset)

@@ -1,12 +1,15 @@
-"""The graphs of the transformer families (SD 3 / 3.5): the MMDiT denoiser, T5's encoder, and the CLIP encoders
-and VAE graphs the U-Net families have too.
+"""The graphs of the transformer families (SD 3 / 3.5, Flux.1): the MMDiT denoiser, T5's encoder, and the CLIP
+encoders and VAE graphs the U-Net families have too.
 
-The denoiser keeps the export's contract (``sample``, ``timestep``, ``encoder_hidden_states`` and the family's extras →
-``noise_pred``, here the flow's velocity), so the runtime's loop is the same for every family: the transformer's
-patching happens inside the graph, and its timestep is the sampler's t = 1000·σ.
+The denoiser keeps the export's contract (``sample`` [2B, C, h, w], ``timestep``, ``encoder_hidden_states`` and the
+family's extras → ``noise_pred``, here the flow's velocity), so the runtime's loop is the same for every family: the
+transformer's patching happens inside the graph (Flux's 2×2 packing and its rotary position ids too), and its
+timestep is the sampler's t = 1000·σ.
 """
 
 from __future__ import annotations
+
+from unittest import mock
 
 import torch
 
@@ -14,9 +17,6 @@ from ..components import T5_ENCODER, UNET, WINDOW, Denoiser, T5Encoder
 from ..families import Family
 from ..manifest import TensorSpec
 from .graphs import ComponentGraph, Shape, text_encoder_graph, vae_graphs
-
-T5_LENGTH = 256  # T5's tokens per prompt: diffusers' max_sequence_length for SD 3
-
 
 class Sd3TransformerGraph(torch.nn.Module):
     """SD3Transformer2DModel with the contract's names: the pooled CLIP embeddings are ``pooled_projections``."""
@@ -39,7 +39,7 @@ class T5Graph(torch.nn.Module):
         return self.encoder(input_ids=input_ids.to(torch.int64), return_dict=False)[0]
 
 
-def t5_graph(encoder: torch.nn.Module, source: str, length: int = T5_LENGTH) -> ComponentGraph:
+def t5_graph(encoder: torch.nn.Module, source: str, length: int) -> ComponentGraph:
     """T5's encoder at a fixed sequence length; kept in fp32 by --fp16 (its activations overflow fp16)."""
     config = encoder.config
 
@@ -53,7 +53,7 @@ def t5_graph(encoder: torch.nn.Module, source: str, length: int = T5_LENGTH) -> 
                           fp32_always=True)
 
 
-def sd3_denoiser_graph(transformer: torch.nn.Module, length: int = T5_LENGTH) -> ComponentGraph:
+def sd3_denoiser_graph(transformer: torch.nn.Module, length: int) -> ComponentGraph:
     config = transformer.config
     channels, text_dim, pooled = config.in_channels, config.joint_attention_dim, config.pooled_projection_dim
     tokens = WINDOW + length  # CLIP's 77, then T5's
@@ -73,11 +73,92 @@ def sd3_denoiser_graph(transformer: torch.nn.Module, length: int = T5_LENGTH) ->
                           latent_multiple=config.patch_size)
 
 
+class TracedRmsNorm(torch.nn.Module):
+    """torch.nn.RMSNorm in the ops it is made of: ``aten::rms_norm`` has no ONNX conversion at opset 17."""
+
+    def __init__(self, norm: torch.nn.RMSNorm):
+        super().__init__()
+        self.weight, self.eps, self.dims = norm.weight, norm.eps, len(norm.normalized_shape)
+
+    def forward(self, x):
+        eps = torch.finfo(x.dtype).eps if self.eps is None else self.eps
+        axes = tuple(range(-self.dims, 0))
+        y = x * torch.rsqrt(x.pow(2).mean(axes, keepdim=True) + eps)
+        return y if self.weight is None else y * self.weight
+
+
+def trace_rms_norms(network: torch.nn.Module) -> torch.nn.Module:
+    """``network`` with each torch.nn.RMSNorm replaced, in place, by a TracedRmsNorm of the same weights."""
+    for path, module in list(network.named_modules()):
+        if isinstance(module, torch.nn.RMSNorm):
+            parent, _, attr = path.rpartition(".")
+            setattr(network.get_submodule(parent), attr, TracedRmsNorm(module))
+    return network
+
+
+def _rotary(x, freqs_cis, use_real=True, use_real_unbind_dim=-1, sequence_dim=1):
+    """diffusers' ``apply_rotary_emb`` as Flux calls it (real, pairs interleaved, sequence on axis 1), the pairs
+    split with ``unflatten``: diffusers' ``x.reshape(*x.shape[:-1], -1, 2)`` traces to the traced sequence length
+    as a constant."""
+    cos, sin = (f[None, :, None, :] for f in freqs_cis)
+    real, imag = x.unflatten(-1, (-1, 2)).unbind(-1)
+    rotated = torch.stack([-imag, real], dim=-1).flatten(3)
+    return (x.float() * cos + rotated.float() * sin).to(x.dtype)
+
+
+class FluxTransformerGraph(torch.nn.Module):
+    """FluxTransformer2DModel on the unpacked latent: packed 2×2 into tokens, the image tokens' position ids (0, row,
+    column) and the text's (zeros) made from the shapes, the timestep divided by 1000 (diffusers' pipeline), the
+    output unpacked; ``guidance`` where the model embeds it (dev)."""
+
+    def __init__(self, transformer: torch.nn.Module):
+        super().__init__()
+        self.transformer = trace_rms_norms(transformer)
+
+    def forward(self, sample, timestep, encoder_hidden_states, pooled_projections, guidance=None):
+        b, c, h, w = sample.shape
+        packed = sample.view(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5).reshape(b, (h // 2) * (w // 2), c * 4)
+        rows = torch.arange(h // 2, dtype=sample.dtype)[:, None].expand(h // 2, w // 2)
+        cols = torch.arange(w // 2, dtype=sample.dtype)[None, :].expand(h // 2, w // 2)
+        img_ids = torch.stack([torch.zeros_like(rows), rows, cols], dim=-1).reshape(-1, 3)
+        txt_ids = torch.zeros(encoder_hidden_states.shape[1], 3, dtype=sample.dtype)
+        from diffusers.models.transformers import transformer_flux
+
+        with mock.patch.object(transformer_flux, "apply_rotary_emb", _rotary):
+            out = self.transformer(hidden_states=packed, timestep=timestep / 1000, guidance=guidance,
+                                   pooled_projections=pooled_projections, encoder_hidden_states=encoder_hidden_states,
+                                   txt_ids=txt_ids, img_ids=img_ids, return_dict=False)[0]
+        return out.view(b, h // 2, w // 2, c, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, c, h, w)
+
+
+def flux_denoiser_graph(transformer: torch.nn.Module, length: int) -> ComponentGraph:
+    config = transformer.config
+    channels = config.in_channels // 4  # the latent's, before packing
+    text_dim, pooled = config.joint_attention_dim, config.pooled_projection_dim
+    extras = (TensorSpec("pooled_projections", "float32", ("2B", pooled)),)
+    extras += (TensorSpec("guidance", "float32", ("2B",)),) if config.guidance_embeds else ()
+
+    def make_inputs(s: Shape, g):
+        b = 2 * s.batch
+        inputs = {"sample": torch.randn(b, channels, s.latent_h, s.latent_w, generator=g),
+                  "timestep": torch.rand(b, generator=g) * 1000,
+                  "encoder_hidden_states": torch.randn(b, length, text_dim, generator=g),
+                  "pooled_projections": torch.randn(b, pooled, generator=g)}
+        return inputs | ({"guidance": torch.rand(b, generator=g) * 5} if config.guidance_embeds else {})
+
+    return ComponentGraph(UNET.name, "transformer", FluxTransformerGraph(transformer),
+                          *Denoiser.io(channels, (config.out_channels or config.in_channels) // 4, text_dim, extras,
+                                       tokens=length), make_inputs,
+                          fp32_scopes=("/transformer/time_text_embed/", "/transformer/pos_embed/"), latent_multiple=2)
+
+
 def transformer_family_graphs(pipe, family: Family) -> list[ComponentGraph]:
-    """SD 3's graphs: CLIP-L and CLIP-G (penultimate states and pooled), T5 (where the pipeline has it), the VAE's,
-    the transformer last."""
+    """SD 3's and Flux's graphs: the CLIP encoders (SD 3: penultimate states and pooled; Flux: pooled), T5 (where the
+    pipeline has it), the VAE's, the transformer last."""
     graphs = [text_encoder_graph(pipe, spec, lora=False) for spec in family.text_encoders
               if spec.kind == "clip" and getattr(pipe, spec.component, None) is not None]
-    graphs += [t5_graph(getattr(pipe, spec.component), spec.component) for spec in family.text_encoders
-               if spec.kind == "t5" and getattr(pipe, spec.component, None) is not None]
-    return graphs + vae_graphs(pipe.vae) + [sd3_denoiser_graph(pipe.transformer)]
+    graphs += [t5_graph(getattr(pipe, spec.component), spec.component, family.t5_tokens)
+               for spec in family.text_encoders if spec.kind == "t5" and getattr(pipe, spec.component, None) is not None]
+    denoiser = flux_denoiser_graph(pipe.transformer, family.t5_tokens) if family.name == "flux" else \
+        sd3_denoiser_graph(pipe.transformer, family.t5_tokens)
+    return graphs + vae_graphs(pipe.vae) + [denoiser]

@@ -139,7 +139,7 @@ class SdxlConditioner:
 class Sd3Conditioner:
     """SD 3 / 3.5, as diffusers' StableDiffusion3Pipeline: CLIP-L's and CLIP-G's penultimate hidden states side by
     side (each prompt's first 77 tokens, AUTOMATIC1111's weighting inside them), zero-padded to T5's width, then T5's
-    hidden states of the prompt (``T5_LENGTH`` tokens; zeros where the export has no T5, as diffusers without
+    hidden states of the prompt (the family's ``t5_tokens``; zeros where the export has no T5, as diffusers without
     ``text_encoder_3``), all along the token axis as ``encoder_hidden_states``; both CLIPs' pooled embeddings side
     by side as ``pooled_projections``. T5 reads the prompt's text without the weighting syntax."""
 
@@ -175,11 +175,45 @@ class Sd3Conditioner:
     def _t5(self, job: Job, count: int) -> np.ndarray:
         if self.t5 is None:
             return np.zeros((count, *self.t5_shape), np.float32)
-        texts = _texts(job.negatives, job.prompts, job)
-        if job.weighting:
-            texts = ["".join(part for part, _ in parse_prompt_attention(t) if part != "BREAK") for t in texts]
-        out = self.backend.run(T5_ENCODER.name, {"input_ids": self.t5(texts)})
-        return out["last_hidden_state"].astype(np.float32)
+        return _run_t5(self.backend, self.t5, t5_texts(job))
+
+
+class FluxConditioner:
+    """Flux.1, as diffusers' FluxPipeline: T5's hidden states of the prompt as ``encoder_hidden_states``, CLIP-L's
+    pooled output of its first 77 tokens as ``pooled_projections``, and dev's ``guidance`` input (the distilled
+    guidance scale, one per image). Negatives go first only where true CFG runs."""
+
+    def __init__(self, folder, manifest: Manifest, backend: Backend, embeddings: EmbeddingLibrary | None = None):
+        self.manifest, self.backend = manifest, backend
+        self.text = TextEncoders(folder, manifest, embeddings, [(TEXT_ENCODER, "tokenizer", "clip_l")])
+        self.t5 = T5Tokenizer(folder, manifest.tokenizers["tokenizer_2"])
+
+    def tokenize(self, job: Job) -> Tokens:
+        return self.text.tokenize([_texts(job.negatives, job.prompts, job)], job.weighting)
+
+    def encode(self, tokens: Tokens, job: Job) -> Conditioning:
+        _, out = _encode(self.backend, TEXT_ENCODER.name, tokens.prompts, tokens.chunks, job.clip_skip,
+                         tokens.vectors[0])
+        count = len(tokens.prompts)
+        pooled = out["pooled"].astype(np.float32).reshape(count, tokens.chunks, -1)[:, 0]
+        bundle = {"encoder_hidden_states": _run_t5(self.backend, self.t5, t5_texts(job)), "pooled_projections": pooled}
+        if job.distilled_guidance is not None:
+            bundle["guidance"] = np.full(count, job.distilled_guidance, np.float32)
+        return {name: np.repeat(value, job.num_images, axis=0) for name, value in bundle.items()}
+
+
+def t5_texts(job: Job) -> list[str]:
+    """What T5 reads of a call's prompts: as the CLIP encoders, without AUTOMATIC1111's weighting syntax (kept as
+    text with ``weighting=False``)."""
+    texts = _texts(job.negatives, job.prompts, job)
+    if job.weighting:
+        texts = ["".join(part for part, _ in parse_prompt_attention(t) if part != "BREAK") for t in texts]
+    return texts
+
+
+def _run_t5(backend: Backend, tokenizer: T5Tokenizer, texts: list[str]) -> np.ndarray:
+    out = backend.run(T5_ENCODER.name, {"input_ids": tokenizer(texts)})
+    return out["last_hidden_state"].astype(np.float32)
 
 
 def _texts(negatives: list[str], prompts: list[str], job: Job) -> list[str]:
@@ -222,7 +256,7 @@ def _vector_width(manifest: Manifest, component: TextEncoder) -> int | None:
 
 
 CONDITIONERS = {"sd1": ClipConditioner, "sd2": ClipConditioner, "sdxl": SdxlConditioner, "sdxl-refiner": SdxlConditioner,
-                "sd3": Sd3Conditioner}
+                "sd3": Sd3Conditioner, "flux": FluxConditioner}
 
 
 def conditioner_for(folder, manifest: Manifest, backend: Backend, embeddings: EmbeddingLibrary | None = None):

@@ -138,7 +138,7 @@ class Pipeline:
         prompt: str | list[str],
         negative_prompt: str | list[str] | None = None,
         num_inference_steps: int = 50,
-        guidance_scale: float = 7.5,
+        guidance_scale: float | None = None,
         height: int | None = None,
         width: int | None = None,
         seed: int | list[int] | None = None,
@@ -171,6 +171,7 @@ class Pipeline:
         control_mode: str | int | list | None = None,
         preview: Preview | None = None,
         vae: str = "full",
+        true_cfg_scale: float = 1.0,
     ) -> GenerationResult:
         """Generate images: text to image; with ``image``, image to image (``strength`` 0..1 of the schedule is run,
         default 0.8); with ``image`` and ``mask_image`` (white = repaint), inpainting (default strength 1); with
@@ -208,13 +209,17 @@ class Pipeline:
 
         ``preview`` (``runtime.preview.Preview``) receives live previews of the batch while the loop runs (decoded by
         the tiny VAE where the export has one). ``vae="tiny"`` decodes the images with the export's tiny VAE decoder
-        (``sdrt export --tiny-vae``): much cheaper, a little less exact."""
+        (``sdrt export --tiny-vae``): much cheaper, a little less exact.
+
+        ``guidance_scale`` defaults to the family's (7.5; SD 3: 7; Flux: 3.5). On Flux, as diffusers' FluxPipeline, it
+        is the guidance the model takes as an input (dev; schnell has none), and classifier-free guidance is
+        ``true_cfg_scale``, run only where a negative prompt is given."""
         if control_image is not None and image is None and (height, width) == (None, None):
             width, height = default_control_size(control_image, self.manifest.vae_scale_factor) or (None, None)
         job = make_job(self, prompt, negative_prompt, num_inference_steps, guidance_scale, height, width, seed,
                        scheduler, num_images, latents, callback, noise, image, mask_image, strength, outpaint,
                        inpaint_mode, weighting, eta, s_noise, clip_skip, prompt_2, negative_prompt_2, aesthetic_score,
-                       negative_aesthetic_score)
+                       negative_aesthetic_score, true_cfg_scale)
         control = make_control(self.manifest, control_image, controlnet, controlnet_conditioning_scale,
                                control_guidance_start, control_guidance_end, guess_mode, job.width, job.height,
                                control_mode, len(job.prompts), job.num_images)
@@ -225,6 +230,8 @@ class Pipeline:
         self._bind_loras(chosen)
         extra |= lora_parameters(chosen) | embedding_parameters(self._tokens(job).embeddings)
         extra |= control_parameters(control) | ({"VAE": "tiny"} if vae == "tiny" else {})
+        if job.distilled_guidance is not None:  # as AUTOMATIC1111 Forge writes it
+            extra["Distilled CFG Scale"] = job.distilled_guidance
         if switch is not None:  # the base down to the switch, the refiner from there, and its VAE
             final, timings = self._txt2img(job, end=switch)
             final, refined = self.refiner._refine(job, final, start=switch)
@@ -390,7 +397,7 @@ class Pipeline:
         scheduler.set_noise_scales(job.eta, job.s_noise)
         scheduler.set_noise_source(job.generator.randn)  # stochastic samplers continue the seed's stream
         if scheduler.prediction_type == "flow":  # its schedule may follow the image's size (Flux)
-            scheduler.set_timesteps(job.steps, **flow_schedule(self.manifest, job.height, job.width))
+            scheduler.set_timesteps(job.steps, **flow_schedule(self.manifest, job.steps, job.height, job.width))
         else:
             scheduler.set_timesteps(job.steps)
         return scheduler

@@ -13,6 +13,7 @@ from PIL import Image
 
 from ..components import TEXT_ENCODER, TEXT_ENCODER_2, UNET
 from ..errors import ManifestError, UserInputError
+from ..families import FAMILIES
 from . import images as imageio
 from .noise import MAX_SEED, PerImageGenerators, make_generator, random_seed
 from .schedulers import make_scheduler, model_sampler
@@ -63,6 +64,7 @@ class Job:
     control: Control | None = None  # ControlNets and their images (runtime/control.py)
     preview: Preview | None = None  # live previews (runtime/preview.py)
     vae: str = "full"  # the decoder of the images: "full", or "tiny" (the export's vae_decoder_tiny)
+    distilled_guidance: float | None = None  # Flux dev's guidance input (guidance_scale is then its true CFG)
 
     @property
     def batch(self) -> int:
@@ -76,9 +78,10 @@ class Job:
 def make_job(pipe: Pipeline, prompt, negative_prompt, num_inference_steps, guidance_scale, height, width, seed,
              scheduler, num_images, latents, callback, noise, image, mask_image, strength, outpaint, inpaint_mode,
              weighting, eta, s_noise, clip_skip, prompt_2=None, negative_prompt_2=None, aesthetic_score=6.0,
-             negative_aesthetic_score=2.5) -> Job:
+             negative_aesthetic_score=2.5, true_cfg_scale=1.0) -> Job:
     """The Job of a ``Pipeline.__call__`` (same arguments), every value checked and every default filled in."""
     m = pipe.manifest
+    guidance_scale, distilled = _guidance(m, guidance_scale, true_cfg_scale, negative_prompt)
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
     sampler = model_sampler(scheduler or pipe.default_sampler, m.scheduler_config)
     negatives = _negatives(negative_prompt, len(prompts))
@@ -124,7 +127,24 @@ def make_job(pipe: Pipeline, prompt, negative_prompt, num_inference_steps, guida
     return Job(prompts, negatives, num_images, num_inference_steps, guidance_scale, sampler, height, width, generator,
                callback, weighting, eta, s_noise, clip_skip, mode, seed, seeds, noise, strength, use_model, init, mask,
                latents, outpaint, source, prompts_2, negatives_2, _number(aesthetic_score, "aesthetic_score"),
-               _number(negative_aesthetic_score, "negative_aesthetic_score"))
+               _number(negative_aesthetic_score, "negative_aesthetic_score"), distilled_guidance=distilled)
+
+
+def _guidance(m, guidance_scale, true_cfg_scale, negative_prompt) -> tuple[float, float | None]:
+    """The classifier-free guidance scale of the loop, and the guidance a distilled model (Flux dev) takes as an
+    input: as diffusers' FluxPipeline, there guidance_scale is the input and true_cfg_scale the loop's, which runs
+    only with a negative prompt. ``guidance_scale`` None: the family's default (7.5, SD 3's 7, Flux's 3.5)."""
+    family = FAMILIES[m.family]
+    guidance_scale = family.default_guidance if guidance_scale is None else guidance_scale
+    _number(guidance_scale, "guidance_scale")
+    if not family.distilled_guidance:
+        if true_cfg_scale != 1.0:
+            raise UserInputError("true_cfg_scale is for models with distilled guidance (Flux); this model's "
+                                 "classifier-free guidance is guidance_scale")
+        return guidance_scale, None
+    takes = any(t.name == "guidance" for t in m.components[UNET.name].inputs)  # dev does, schnell does not
+    cfg = _number(true_cfg_scale, "true_cfg_scale") if negative_prompt is not None else 1.0
+    return cfg, float(guidance_scale) if takes else None
 
 
 def _read_images(image: Image.Image | None, mask_image, outpaint,

@@ -16,6 +16,7 @@ import math
 import numpy as np
 
 from ...errors import UserInputError
+from ...families import FAMILIES
 from .common import NoiseSource, Scheduler, as_f32, check_unsupported, default_noise_source, index_for_timestep, \
     resolve_config
 
@@ -32,14 +33,16 @@ def calculate_shift(image_tokens: int, base_seq_len: int = 256, max_seq_len: int
     return image_tokens * m + base_shift - m * base_seq_len
 
 
-def flow_schedule(manifest, height: int, width: int) -> dict:
-    """What a flow sampler's schedule takes for an image of this size: μ of the dynamic shift from its token count
-    (the latent's patches), where the model's scheduler config asks for it, as diffusers' pipelines compute it."""
+def flow_schedule(manifest, steps: int, height: int, width: int) -> dict:
+    """What a flow sampler's schedule takes for ``steps`` steps at this image size, as the family's diffusers
+    pipeline gives it: Flux's σ spaced as linspace(1, 1/n, n), and μ of the dynamic shift from the image's token
+    count (the latent's patches) where the model's scheduler config asks for it."""
     config = manifest.scheduler_config
+    sigmas = {"sigmas": np.linspace(1.0, 1 / steps, steps)} if FAMILIES[manifest.family].linear_sigmas else {}
     if not config.get("use_dynamic_shifting"):
-        return {}
+        return sigmas
     side = manifest.size_multiple  # pixels per patch
-    return {"mu": calculate_shift((height // side) * (width // side), config.get("base_image_seq_len", 256),
+    return sigmas | {"mu": calculate_shift((height // side) * (width // side), config.get("base_image_seq_len", 256),
                                   config.get("max_image_seq_len", 4096), config.get("base_shift", 0.5),
                                   config.get("max_shift", 1.15))}
 
