@@ -42,7 +42,9 @@ def reference(reference_pipeline):
 def _diffusers(pipe, sampler: str, seed: int, **kwargs):
     import diffusers
 
-    pipe.scheduler = getattr(diffusers, DIFFUSERS[sampler]).from_config(pipe.scheduler.config)
+    scheduler = getattr(diffusers, DIFFUSERS[sampler]).from_config(pipe.scheduler.config)
+    pipe = type(pipe)(**{**pipe.components, "scheduler": scheduler})  # the shared pipeline keeps its own
+    pipe.set_progress_bar_config(disable=True)
     with torch.no_grad():
         out = pipe(generator=torch.Generator().manual_seed(seed), output_type="latent", **{**KW, **kwargs}).images
         latents = out / pipe.vae.config.scaling_factor + pipe.vae.config.shift_factor

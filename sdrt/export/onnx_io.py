@@ -71,12 +71,36 @@ def to_fp16(model: onnx.ModelProto, fp32_scopes: tuple[str, ...] = ()) -> onnx.M
     # The converter reads each weight it converts only to learn its shape, which fails for (and would load) a
     # weight still on disk: its dims say the same.
     with mock.patch.object(float16, "make_value_info_from_tensor", _value_info):
-        return float16.convert_float_to_float16(
+        model = float16.convert_float_to_float16(
             model,
             keep_io_types=True,
             op_block_list=float16.DEFAULT_OP_BLOCK_LIST + list(FP32_OPS),
             node_block_list=keep,
         )
+    return _no_fp16_round_trips(model)
+
+
+def _no_fp16_round_trips(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The converter casts every value to fp16 between nodes, even from one fp32 node to the next (and every fp32
+    input at the graph's entry): a value cast to fp16 and straight back to fp32 loses its precision for nothing. A
+    flow model's timestep 523.7 came out 523.5, and t × frequency in a sinusoidal embedding lost whole radians
+    between the fp32 nodes meant to keep them. Each such fp32 cast reads the value before the fp16 cast instead."""
+    to_fp16 = {n.output[0]: n.input[0] for n in model.graph.node if _cast_to(n) == onnx.TensorProto.FLOAT16}
+    for node in model.graph.node:
+        if _cast_to(node) == onnx.TensorProto.FLOAT and node.input[0] in to_fp16:
+            node.input[0] = to_fp16[node.input[0]]
+    read = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
+    unread = [n for n in model.graph.node if _cast_to(n) == onnx.TensorProto.FLOAT16 and n.output[0] not in read]
+    for node in unread:  # the fp16 casts nothing reads any more
+        model.graph.node.remove(node)
+    return model
+
+
+def _cast_to(node: onnx.NodeProto) -> int | None:
+    """The type a Cast node casts to (None for another node)."""
+    if node.op_type != "Cast":
+        return None
+    return next(onnx.helper.get_attribute_value(a) for a in node.attribute if a.name == "to")
 
 
 def _value_info(tensor: onnx.TensorProto) -> onnx.ValueInfoProto:

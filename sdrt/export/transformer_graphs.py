@@ -12,6 +12,7 @@ from __future__ import annotations
 from unittest import mock
 
 import torch
+from diffusers.models.transformers import transformer_flux
 
 from ..components import T5_ENCODER, UNET, WINDOW, Denoiser, T5Encoder
 from ..families import Family
@@ -106,6 +107,13 @@ def _rotary(x, freqs_cis, use_real=True, use_real_unbind_dim=-1, sequence_dim=1)
     return (x.float() * cos + rotated.float() * sin).to(x.dtype)
 
 
+class Thousandth(torch.nn.Module):
+    """t / 1000, as its own module so that --fp16 can keep it in fp32 (by its node names, ``/fraction/``)."""
+
+    def forward(self, t):
+        return t / 1000
+
+
 class FluxTransformerGraph(torch.nn.Module):
     """FluxTransformer2DModel on the unpacked latent: packed 2×2 into tokens, the image tokens' position ids (0, row,
     column) and the text's (zeros) made from the shapes, the timestep divided by 1000 (diffusers' pipeline), the
@@ -114,6 +122,7 @@ class FluxTransformerGraph(torch.nn.Module):
     def __init__(self, transformer: torch.nn.Module):
         super().__init__()
         self.transformer = trace_rms_norms(transformer)
+        self.fraction = Thousandth()
 
     def forward(self, sample, timestep, encoder_hidden_states, pooled_projections, guidance=None):
         b, c, h, w = sample.shape
@@ -122,10 +131,8 @@ class FluxTransformerGraph(torch.nn.Module):
         cols = torch.arange(w // 2, dtype=sample.dtype)[None, :].expand(h // 2, w // 2)
         img_ids = torch.stack([torch.zeros_like(rows), rows, cols], dim=-1).reshape(-1, 3)
         txt_ids = torch.zeros(encoder_hidden_states.shape[1], 3, dtype=sample.dtype)
-        from diffusers.models.transformers import transformer_flux
-
         with mock.patch.object(transformer_flux, "apply_rotary_emb", _rotary):
-            out = self.transformer(hidden_states=packed, timestep=timestep / 1000, guidance=guidance,
+            out = self.transformer(hidden_states=packed, timestep=self.fraction(timestep), guidance=guidance,
                                    pooled_projections=pooled_projections, encoder_hidden_states=encoder_hidden_states,
                                    txt_ids=txt_ids, img_ids=img_ids, return_dict=False)[0]
         return out.view(b, h // 2, w // 2, c, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, c, h, w)
@@ -149,7 +156,10 @@ def flux_denoiser_graph(transformer: torch.nn.Module, length: int) -> ComponentG
     return ComponentGraph(UNET.name, "transformer", FluxTransformerGraph(transformer),
                           *Denoiser.io(channels, (config.out_channels or config.in_channels) // 4, text_dim, extras,
                                        tokens=length), make_inputs,
-                          fp32_scopes=("/transformer/time_text_embed/", "/transformer/pos_embed/"), latent_multiple=2)
+                          # the timestep and guidance (÷1000 here, ×1000 at the transformer's top) and their sinusoidal
+                          # embeddings lose whole radians in fp16; the rotary angles too
+                          fp32_scopes=("/fraction/", "/transformer/Cast", "/transformer/Mul", "/transformer/time_text_embed/",
+                                       "/transformer/pos_embed/"), latent_multiple=2)
 
 
 def transformer_family_graphs(pipe, family: Family) -> list[ComponentGraph]:

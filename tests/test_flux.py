@@ -1,0 +1,119 @@
+"""Flux.1 on the runtime: tiny-flux (dev: the guidance embedding; double- and single-stream blocks, rotary ids, the
+2×2 packing inside the graph) and a schnell-like variant of other latent channels, against diffusers' FluxPipeline
+from a seed alone: the distilled guidance, true CFG with a negative prompt, batches; OpenVINO; fp16 graphs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from sdrt.errors import UserInputError
+from sdrt.manifest import load_manifest
+from sdrt.runtime import Pipeline
+
+from parity_helpers import psnr
+from transformer_variants import variant_folder
+
+PROMPTS = ["a red circle on a blue background", "a green square"]
+KW = dict(num_inference_steps=4, height=64, width=96, guidance_scale=3.5)
+
+
+@pytest.fixture(scope="module")
+def flux(export_dir):
+    with Pipeline.load(export_dir("tiny-flux")) as pipe:
+        yield pipe
+
+
+@pytest.fixture(scope="module")
+def reference(reference_pipeline):
+    pipe = reference_pipeline("tiny-flux")
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _diffusers(pipe, seed: int, **kwargs):
+    with torch.no_grad():
+        packed = pipe(generator=torch.Generator().manual_seed(seed), output_type="latent", **{**KW, **kwargs}).images
+        latents = pipe._unpack_latents(packed, kwargs.get("height", KW["height"]), kwargs.get("width", KW["width"]),
+                                       pipe.vae_scale_factor)
+        image = pipe.vae.decode(latents / pipe.vae.config.scaling_factor + pipe.vae.config.shift_factor,
+                                return_dict=False)[0]
+    images = (pipe.image_processor.postprocess(image, output_type="np") * 255).round().astype(np.uint8)
+    return latents.numpy(), images
+
+
+def _assert_matches(ours, expected) -> None:
+    latents, images = expected
+    rel = np.abs(ours.latents - latents).max() / np.abs(latents).max()
+    assert rel < 1e-4, f"final latents differ: relative error {rel:.2e}"
+    for mine, ref in zip(ours.images, images):
+        assert np.asarray(mine).std() > 5, "a flat image proves nothing"
+        assert psnr(np.asarray(mine), ref) > 45
+
+
+def test_export_describes_the_transformer(export_dir):
+    m = load_manifest(export_dir("tiny-flux"))
+    assert m.family == "flux" and set(m.components) >= {"text_encoder", "t5_encoder", "unet"}
+    unet = m.components["unet"]
+    assert unet.input("sample").shape == ("2B", 16, "h", "w")  # unpacked: the graph packs it
+    assert unet.input("encoder_hidden_states").shape == ("2B", 512, 64)
+    assert [t.name for t in unet.inputs] == ["sample", "timestep", "encoder_hidden_states", "pooled_projections",
+                                             "guidance"]
+    assert m.size_multiple == 16 and m.vae_shift_factor == pytest.approx(0.1159) and m.default_size == 512
+
+
+def test_text_to_image_matches_diffusers(flux, reference):
+    ours = flux(PROMPTS, seed=11, num_images=2, **KW)
+    _assert_matches(ours, _diffusers(reference, 11, prompt=PROMPTS, num_images_per_prompt=2))
+    assert "CFG scale: 1," in ours.parameters[0] and "Distilled CFG Scale: 3.5" in ours.parameters[0]
+
+
+def test_true_cfg_with_a_negative_prompt_matches_diffusers(flux, reference):
+    kwargs = dict(negative_prompt=["", "blurry"], true_cfg_scale=2.5, guidance_scale=2.0)
+    ours = flux(PROMPTS, seed=3, **{**KW, **kwargs})
+    _assert_matches(ours, _diffusers(reference, 3, prompt=PROMPTS, **kwargs))
+    plain = flux(PROMPTS, seed=3, **{**KW, "guidance_scale": 2.0})
+    assert np.abs(plain.latents - ours.latents).max() > 1e-2, "the negative prompt changed nothing"
+
+
+def test_schnell_like_variant_from_a_diffusers_folder(tmp_path):
+    """No guidance embedding, 8 latent channels, a fixed shift: another configuration, exported from its folder."""
+    from sdrt.export import export
+
+    folder, pipe = variant_folder("tiny-flux", tmp_path, {
+        "transformer": {"guidance_embeds": False, "in_channels": 32, "num_single_layers": 1},
+        "vae": {"latent_channels": 8},
+        "scheduler": {"use_dynamic_shifting": False, "shift": 1.0}})
+    export(str(folder), tmp_path / "export", size_range=(48, 256))
+    m = load_manifest(tmp_path / "export")
+    assert "guidance" not in [t.name for t in m.components["unet"].inputs] and m.latent_channels == 8
+    with Pipeline.load(tmp_path / "export") as ours:
+        result = ours(PROMPTS[1], seed=5, **{**KW, "height": 80, "width": 48})
+    _assert_matches(result, _diffusers(pipe, 5, prompt=PROMPTS[1], height=80, width=48))
+
+
+def test_openvino_matches_onnx_runtime(flux, export_dir):
+    ours = np.asarray(flux(PROMPTS[0], seed=4, **KW).images[0])
+    with Pipeline.load(export_dir("tiny-flux"), backend="openvino") as ov:
+        assert psnr(np.asarray(ov(PROMPTS[0], seed=4, **KW).images[0]), ours) > 45
+    with Pipeline.load(export_dir("tiny-flux"), backend="openvino:bf16") as ov:
+        assert psnr(np.asarray(ov(PROMPTS[0], seed=4, **KW).images[0]), ours) > 25
+
+
+def test_fp16_export_keeps_t5_in_fp32_and_stays_close(flux, export_dir):
+    folder = export_dir("tiny-flux", fp16=True)
+    m = load_manifest(folder)
+    assert m.components["t5_encoder"].precision == "fp32" and m.components["unet"].precision == "fp16"
+    with Pipeline.load(folder) as half:
+        image = np.asarray(half(PROMPTS[0], seed=4, **KW).images[0])
+    assert psnr(image, np.asarray(flux(PROMPTS[0], seed=4, **KW).images[0])) > 25
+
+
+def test_mistakes_are_refused(flux, export_dir):
+    with pytest.raises(UserInputError, match="Heun flow sampler takes no custom sigmas"):
+        flux(PROMPTS[0], scheduler="heun", **KW)
+    with pytest.raises(UserInputError, match="does not apply to a flow-matching model"):
+        flux(PROMPTS[0], scheduler="Euler a", **KW)
+    with Pipeline.load(export_dir("tiny-sd3")) as sd3, pytest.raises(UserInputError, match="true_cfg_scale is for"):
+        sd3(PROMPTS[0], true_cfg_scale=2.0, **KW)
