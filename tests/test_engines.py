@@ -106,6 +106,25 @@ def test_sdxl_engines_take_the_extra_inputs(export_dir, tmp_path):
     assert next(r for r in _records(out, "vae_decoder"))["precision"] == "fp32"
 
 
+@pytest.mark.parametrize("model, tokens, extras", [("tiny-sd3", 77 + 256, {"pooled_projections": 64}),
+                                                   ("tiny-flux", 512, {"pooled_projections": 32, "guidance": None})])
+def test_transformer_engines_are_built_ahead_of_time(export_dir, tmp_path, model, tokens, extras):
+    """SD 3's and Flux's fp16 exports: the transformer's profile (a fixed text length, the extras with the
+    guidance-doubled batch), and T5's engine in fp32 as its graph (T5 overflows in fp16)."""
+    out = tmp_path / model
+    shutil.copytree(export_dir(model, fp16=True), out)
+    outcomes = build(out, "tensorrt-rtx", [static_profile(64, 96)], compute_capabilities=TARGETS,
+                     components=("t5_encoder", "unet"))
+    assert sorted(o.status for o in outcomes) == ["built"] * 2
+    unet = next(r for r in _records(out, "unet"))
+    assert unet["precision"] == "fp16" and unet["shapes"]["sample"][2] == [2, 16, 8, 12]
+    assert unet["shapes"]["encoder_hidden_states"][2][:2] == [2, tokens]
+    for name, width in extras.items():
+        assert unet["shapes"][name][2] == ([2, width] if width else [2])
+    t5 = next(r for r in _records(out, "t5_encoder"))
+    assert t5["precision"] == "fp32" and t5["shapes"]["input_ids"][2] == [2, tokens - (77 if model == "tiny-sd3" else 0)]
+
+
 def test_lora_and_embedding_inputs_get_their_own_axes(export_dir, tmp_path):
     """A text encoder with LoRA sites and textual-inversion vectors (the fp32 export: TensorRT builds fp16 engines
     from fp32 graphs too): each factor's rank and the vectors' rows are dynamic in the profile."""

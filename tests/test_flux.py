@@ -4,6 +4,8 @@ from a seed alone: the distilled guidance, true CFG with a negative prompt, batc
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -117,3 +119,38 @@ def test_mistakes_are_refused(flux, export_dir):
         flux(PROMPTS[0], scheduler="Euler a", **KW)
     with Pipeline.load(export_dir("tiny-sd3")) as sd3, pytest.raises(UserInputError, match="true_cfg_scale is for"):
         sd3(PROMPTS[0], true_cfg_scale=2.0, **KW)
+
+
+def test_too_big_to_load_is_refused_before_any_work(export_dir, monkeypatch):
+    """The runtime's estimate (graphs on disk × what the backend holds per byte) against the free memory."""
+    import sdrt.memory
+
+    folder = export_dir("tiny-flux")
+    monkeypatch.setattr(sdrt.memory, "available_bytes", lambda: 300_000_000)
+    for backend in ("onnxruntime", "openvino:bf16"):
+        with pytest.raises(UserInputError, match=f"loading .* on {backend.split(':')[0]} needs about"):
+            Pipeline.load(folder, backend=backend)
+    monkeypatch.setattr(sdrt.memory, "available_bytes", lambda: 64_000_000_000)
+    with Pipeline.load(folder) as pipe:
+        assert pipe(PROMPTS[0], seed=1, **KW).images
+
+
+def test_automatic1111_api_serves_flux_as_forge(flux, export_dir):
+    """Forge's fields: distilled_cfg_scale is the guidance input, cfg_scale true CFG (1: none); webuiapi's own
+    payload defaults otherwise."""
+    import base64
+    import io
+
+    from fastapi.testclient import TestClient
+    from PIL import Image
+    from sdrt.serve.app import create_app
+
+    with TestClient(create_app(export_dir("tiny-flux"), load_in_background=False)) as client:
+        payload = {"prompt": PROMPTS[0], "steps": 4, "width": 96, "height": 64, "cfg_scale": 1, "seed": 9,
+                   "distilled_cfg_scale": 2.5, "sampler_name": "Euler"}
+        r = client.post("/sdapi/v1/txt2img", json=payload)
+        assert r.status_code == 200, r.text
+        served = Image.open(io.BytesIO(base64.b64decode(r.json()["images"][0]))).convert("RGB")
+        expected = flux(PROMPTS[0], seed=9, **{**KW, "guidance_scale": 2.5}).images[0]
+        assert np.array_equal(np.asarray(served), np.asarray(expected))
+        assert "Distilled CFG Scale: 2.5" in json.loads(r.json()["info"])["infotexts"][0]

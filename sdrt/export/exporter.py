@@ -171,7 +171,7 @@ def export(
     out = Path(out)
     started = time.perf_counter()
     named = [parse_source(s) for s in controlnets]
-    need = memory.check_fits(model, fp16)
+    need = memory.check_fits(model, fp16, () if t5 else OPTIONAL_T5)
     with memory.freed_memory_returned(bool(need and need > memory.BIG_EXPORT_BYTES)):
         return _export(model, out, fp16, allow_pickle, arch, size_range, max_batch, validate, lora, named, tiny_vae,
                        t5, started)

@@ -16,6 +16,7 @@ import math
 from pathlib import Path
 
 from ..errors import ExportError, ModelSourceError
+from ..memory import available_bytes
 from .builtin import ARCH_DIR, BUILTIN_MODELS, NETWORKS, make_network, networks_in
 from .single_file import read_shapes
 
@@ -51,12 +52,13 @@ def estimate_peak(counts: dict[str, int], fp16: bool) -> float:
     return BASE_BYTES + max(loading, tracing)
 
 
-def check_fits(model: str, fp16: bool) -> float | None:
+def check_fits(model: str, fp16: bool, without: tuple[str, ...] = ()) -> float | None:
     """Refuse, before loading anything, an export this machine's free memory cannot hold; else return the
-    estimated peak (None where it cannot be told)."""
+    estimated peak (None where it cannot be told). ``without``: networks the export leaves out (SD 3's T5)."""
     counts = parameter_counts(model)
     if counts is None:
         return None
+    counts = {name: n for name, n in counts.items() if name not in without}
     need = estimate_peak(counts, fp16)
     available = available_bytes()
     if available is None or need <= available:
@@ -103,24 +105,6 @@ def _glibc():
         return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
     except OSError:
         return None
-
-
-def available_bytes() -> int | None:
-    """Memory this process can still take: the system's available memory, or less under a cgroup limit."""
-    try:
-        with open("/proc/meminfo", encoding="ascii") as f:
-            info = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in f}
-        available = info["MemAvailable"]
-    except (OSError, KeyError, ValueError):
-        return None
-    try:
-        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
-        used = int(Path("/sys/fs/cgroup/memory.current").read_text())
-        if limit != "max":
-            available = min(available, int(limit) - used)
-    except (OSError, ValueError):
-        pass
-    return available
 
 
 def _counts_from_configs(root: Path) -> dict[str, int]:

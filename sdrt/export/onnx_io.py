@@ -111,6 +111,7 @@ def convert(traced: Path, folder: Path, name: str, precision: str, fp32_scopes: 
             ) -> tuple[str, str | None, str]:
     """The traced graph ``traced`` in ``precision``, written to ``folder`` as ``name`` (see ``write``)."""
     model = onnx.load(str(traced), load_external_data=False)
+    _inline_constants(model, traced.parent)
     stored = {t.name: t.data_type for t in model.graph.initializer}  # the types of the bytes on disk
     if precision == "fp16":
         model = to_fp16(model, fp32_scopes)
@@ -162,6 +163,16 @@ def write(model: onnx.ModelProto, source_dir: Path, stored: dict[str, int], fold
             while block := stream.read(1 << 24):
                 digest.update(block)
     return file, data, digest.hexdigest()
+
+
+def _inline_constants(model: onnx.ModelProto, source_dir: Path) -> None:
+    """Constant nodes whose values torch wrote beside a graph past 2 GB (SD 3.5's LayerNorms without weights have
+    constant ones and zeros) get them back inline: they are small, and the scratch folder goes away."""
+    for node in model.graph.node:
+        for attribute in node.attribute:
+            if attribute.type == onnx.AttributeProto.TENSOR and uses_external_data(attribute.t):
+                values = onnx.numpy_helper.to_array(attribute.t, str(source_dir))
+                attribute.t.CopyFrom(onnx.numpy_helper.from_array(values, attribute.t.name))
 
 
 def _external(tensor: onnx.TensorProto, location: str, offset: int, length: int) -> onnx.TensorProto:

@@ -26,6 +26,7 @@ from ..embeddings.library import EmbeddingLibrary
 from ..lora.factors import FactorMaker, LoraChoice
 from ..lora.library import LoraLibrary
 from ..integrity import verify_export
+from ..memory import check_load_fits
 from ..manifest import Manifest, load_manifest
 from . import images as imageio
 from .backends import Backend, create_backend
@@ -99,6 +100,7 @@ class Pipeline:
         library = LoraLibrary(lora_dir, allow_pickle)
         embeddings = EmbeddingLibrary(embeddings_dir, allow_pickle)
         engine = create_backend(backend, manifest) if isinstance(backend, str) else backend
+        check_load_fits(folder, manifest, engine)  # refused before the backend reads a byte
         engine.load(folder, manifest)
         log.debug("backend: %s on %s", engine.name, engine.device)
         second = None

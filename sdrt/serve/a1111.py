@@ -24,6 +24,7 @@ from PIL.PngImagePlugin import PngInfo
 from pydantic import BaseModel, ConfigDict
 
 from ..errors import UserInputError
+from ..families import FAMILIES
 from ..lora.tags import read_tags
 from ..runtime import GenerationResult
 from ..runtime.noise import MAX_SEED, random_seed
@@ -51,6 +52,7 @@ class _Common(BaseModel):
     n_iter: Optional[int] = 1
     steps: Optional[int] = 50
     cfg_scale: Optional[float] = 7.0
+    distilled_cfg_scale: Optional[float] = None  # AUTOMATIC1111 Forge's, for Flux: its guidance input (3.5)
     width: Optional[int] = 512
     height: Optional[int] = 512
     restore_faces: Optional[bool] = None
@@ -120,7 +122,7 @@ class Img2ImgRequest(_Common):
 # every other field must hold a neutral value.
 HONOURED = {
     "prompt", "negative_prompt", "seed", "sampler_name", "sampler_index", "scheduler", "batch_size", "n_iter", "steps",
-    "cfg_scale", "width", "height", "denoising_strength", "init_images", "mask", "inpainting_mask_invert", "send_images",
+    "cfg_scale", "distilled_cfg_scale", "width", "height", "denoising_strength", "init_images", "mask", "inpainting_mask_invert", "send_images",
     "include_init_images", "override_settings",
     # the sampling settings: used, ignored or refused per sampler and model by settings.sampling_of
     "eta", "s_churn", "s_tmin", "s_tmax", "s_noise", "s_min_uncond",
@@ -224,10 +226,14 @@ def job_of(request: _Common, sampling: Sampling, refiner_switch_at: float | None
         "num_inference_steps": request.steps, "guidance_scale": request.cfg_scale, "height": request.height,
         "width": request.width, **sampling.params(), "refiner_switch_at": refiner_switch_at,
     }
+    family = FAMILIES[manifest.family] if manifest is not None else None
+    if family is not None and family.distilled_guidance:  # Flux, as Forge: CFG is true CFG, the guidance distilled
+        params |= {"guidance_scale": request.distilled_cfg_scale or family.default_guidance,
+                   "true_cfg_scale": request.cfg_scale}
     # requests join only with the same LoRA set (a call runs one)
     loras = tuple(sorted(read_tags(request.prompt or "")))
-    key: tuple | None = ("txt2img", request.width, request.height, request.steps, request.cfg_scale, sampling,
-                         refiner_switch_at, loras)
+    key: tuple | None = ("txt2img", request.width, request.height, request.steps, request.cfg_scale,
+                         request.distilled_cfg_scale, sampling, refiner_switch_at, loras)
     if isinstance(request, Img2ImgRequest):
         if not request.init_images:
             raise UserInputError("img2img needs init_images: a list with one base64 image")

@@ -54,6 +54,11 @@ class Backend(ABC):
             observe(component, elapsed)
         return outputs
 
+    def host_memory_factor(self, precision: str) -> float:
+        """Bytes of this machine's memory the backend holds, at its peak while loading, per byte of a graph of
+        ``precision`` on disk (``memory.check_load_fits``). A GPU backend reads a graph and hands it on: 1."""
+        return 1.0
+
     def prepare(self, shape: RunShape) -> None:
         """Called once per pipeline call before the first graph runs: a backend with fixed shapes (TensorRT
         profiles) refuses here, before any work, what it cannot run. Graphs with dynamic shapes need nothing."""
