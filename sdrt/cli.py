@@ -108,6 +108,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
                 negative_prompt=args.negative_prompt,
                 num_inference_steps=args.steps,
                 guidance_scale=args.guidance,
+                true_cfg_scale=args.true_cfg,
                 height=args.height,
                 width=args.width,
                 seed=args.seed,
@@ -360,7 +361,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="textual-inversion embeddings, used by their name in prompts (default: the export's embeddings/)")
     p.add_argument("--allow-pickle", action="store_true", help="allow pickle LoRA and embedding files (.pt, .bin): they can run code")
     p.add_argument("--steps", type=int, default=25)
-    p.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale")
+    p.add_argument("--guidance", type=float, default=None,
+                   help="classifier-free guidance scale (default: the family's: 7.5, SD 3: 7; Flux: its distilled "
+                        "guidance, 3.5)")
+    p.add_argument("--true-cfg", type=float, default=1.0,
+                   help="Flux: classifier-free guidance scale, run when --negative-prompt is given (default 1: none)")
     p.add_argument("--seed", type=int, default=None, help="random when omitted (printed)")
     p.add_argument("--width", type=int, default=None, help="multiple of 8; default the model's native size")
     p.add_argument("--height", type=int, default=None)

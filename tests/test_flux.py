@@ -154,3 +154,14 @@ def test_automatic1111_api_serves_flux_as_forge(flux, export_dir):
         expected = flux(PROMPTS[0], seed=9, **{**KW, "guidance_scale": 2.5}).images[0]
         assert np.array_equal(np.asarray(served), np.asarray(expected))
         assert "Distilled CFG Scale: 2.5" in json.loads(r.json()["info"])["infotexts"][0]
+
+
+def test_image_to_image_matches_diffusers(flux, reference):
+    from diffusers import FluxImg2ImgPipeline
+    from PIL import Image
+
+    init = Image.fromarray(np.random.default_rng(3).integers(0, 255, (64, 96, 3), dtype=np.uint8))
+    ours = flux(PROMPTS[0], image=init, strength=0.6, seed=5, num_inference_steps=5, guidance_scale=3.5)
+    img2img = FluxImg2ImgPipeline(**reference.components)
+    img2img.set_progress_bar_config(disable=True)
+    _assert_matches(ours, _diffusers(img2img, 5, prompt=PROMPTS[0], image=init, strength=0.6, num_inference_steps=5))

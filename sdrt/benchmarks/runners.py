@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..components import TEXT_ENCODER, UNET, VAE_DECODER, describe
-from ..runtime.schedulers import diffusers_equivalent
+from ..runtime.schedulers import diffusers_equivalent, model_sampler
 
 STAGES = (TEXT_ENCODER.stage, UNET.stage, VAE_DECODER.stage)
 
@@ -111,13 +111,13 @@ def diffusers_scheduler(config, sampler: str):
     """diffusers' scheduler for an sdrt sampler name, from a model's scheduler config."""
     import diffusers
 
-    cls, extra = diffusers_equivalent(sampler)
+    cls, extra = diffusers_equivalent(model_sampler(sampler, {"_class_name": config.get("_class_name", "")}))
     return getattr(diffusers, cls).from_config(config, **extra)
 
 
 class TorchRunner:
-    """diffusers' pipeline (StableDiffusionPipeline, StableDiffusionXLPipeline) in fp32 on the CPU: the reference
-    every figure is compared with."""
+    """diffusers' pipeline (StableDiffusion, StableDiffusionXL, StableDiffusion3 pipelines) in fp32 on the CPU: the
+    reference every figure is compared with."""
 
     name = "torch"
 
@@ -131,9 +131,11 @@ class TorchRunner:
         self.device = f"cpu ({torch.get_num_threads()} threads)"
         self._original_config = pipe.scheduler.config
         self.timer = StageTimer()
+        denoiser = getattr(pipe, "unet", None) or pipe.transformer  # SD 3's and Flux's
         timed = ((TEXT_ENCODER.stage, getattr(pipe, "text_encoder", None), "forward"),
-                 (TEXT_ENCODER.stage, getattr(pipe, "text_encoder_2", None), "forward"),  # SDXL's second
-                 (UNET.stage, pipe.unet, "forward"), (VAE_DECODER.stage, pipe.vae, "decode"))
+                 (TEXT_ENCODER.stage, getattr(pipe, "text_encoder_2", None), "forward"),  # SDXL's second, Flux's T5
+                 (TEXT_ENCODER.stage, getattr(pipe, "text_encoder_3", None), "forward"),  # SD 3's T5
+                 (UNET.stage, denoiser, "forward"), (VAE_DECODER.stage, pipe.vae, "decode"))
         for stage, module, attr in timed:
             if module is not None:
                 setattr(module, attr, self.timer.wrap(getattr(module, attr), stage))

@@ -105,8 +105,12 @@ class FlowMatchScheduler(Scheduler):
         return self._index
 
     def add_noise(self, original: np.ndarray, noise: np.ndarray, timesteps) -> np.ndarray:
-        """The forward process x_σ = σ·ε + (1 − σ)·x0 at the first step left (diffusers' ``scale_noise``)."""
-        index = self._begin if self._begin is not None else index_for_timestep(self.timesteps, np.asarray(timesteps)[0])
+        """The forward process x_σ = σ·ε + (1 − σ)·x0 (diffusers' ``scale_noise``): at the step the sampler is at
+        once it runs (inpainting's blend, after a step), else where img2img begins, else at ``timesteps``."""
+        if self._begin is None:
+            index = index_for_timestep(self.timesteps, np.asarray(timesteps)[0])
+        else:
+            index = self._index if self._index is not None else self._begin
         sigma = self.sigmas[index]
         return as_f32(sigma * noise + (np.float32(1.0) - sigma) * original)
 
