@@ -157,3 +157,22 @@ def test_automatic1111_api_serves_sd3(sd3, export_dir):
         assert r.status_code == 422 and "flow-matching" in r.text
         names = [s["name"] for s in client.get("/sdapi/v1/samplers").json()]
         assert names.count("Euler") == 1
+
+
+def test_another_configuration_from_a_diffusers_folder(tmp_path):
+    """SD 3 (not 3.5): no dual attention, no q/k norm, 4 latent channels, 3 layers, the size-dependent shift."""
+    from sdrt.export import export
+
+    from transformer_variants import variant_folder
+
+    folder, pipe = variant_folder("tiny-sd3", tmp_path, {
+        "transformer": {"in_channels": 4, "out_channels": 4, "num_layers": 3, "dual_attention_layers": [],
+                        "qk_norm": None},
+        "vae": {"latent_channels": 4},
+        "scheduler": {"use_dynamic_shifting": True, "shift": 1.0}})
+    export(str(folder), tmp_path / "export", size_range=(64, 256))
+    assert load_manifest(tmp_path / "export").latent_channels == 4
+    with Pipeline.load(tmp_path / "export") as ours:
+        result = ours(PROMPTS, negative_prompt=NEGATIVES, seed=8, **{**KW, "height": 96, "width": 64})
+    _assert_matches(result, _diffusers(pipe, "euler", 8, prompt=PROMPTS, negative_prompt=NEGATIVES, height=96,
+                                       width=64))
