@@ -52,8 +52,8 @@ def check_load_fits(folder: Path, manifest, backend) -> float | None:
         return need
     raise UserInputError(
         f"loading {folder} on {backend.name} needs about {need / 1e9:.1f} GB of memory ({sum(sizes.values()) / 1e9:.1f} "
-        f"GB of graphs), and {available / 1e9:.1f} GB is available. Use a backend that holds less (openvino:bf16 "
-        "or openvino:int8 hold about half of ONNX Runtime's fp32), an --fp16 export on a GPU backend, an export "
-        "without T5 (sdrt export --no-t5, SD 3), or a machine with more memory; the README's \"Memory\" table says "
-        "what each model needs."
+        f"GB of graphs), and {available / 1e9:.1f} GB is available. Close other programs, or use a backend that holds "
+        "less while loading (ONNX Runtime on fp32 graphs: 1.1 bytes per byte of graph; OpenVINO 1.6 while it "
+        "compiles), an --fp16 export on a GPU backend, an export without T5 (sdrt export --no-t5, SD 3), or a "
+        "machine with more memory; the README's \"Memory\" table says what each model needs."
     )

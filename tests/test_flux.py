@@ -117,6 +117,8 @@ def test_mistakes_are_refused(flux, export_dir):
         flux(PROMPTS[0], scheduler="heun", **KW)
     with pytest.raises(UserInputError, match="does not apply to a flow-matching model"):
         flux(PROMPTS[0], scheduler="Euler a", **KW)
+    with pytest.raises(UserInputError, match="does not apply LoRAs to Flux"):
+        flux(PROMPTS[0] + " <lora:style:0.5>", **KW)
     with Pipeline.load(export_dir("tiny-sd3")) as sd3, pytest.raises(UserInputError, match="true_cfg_scale is for"):
         sd3(PROMPTS[0], true_cfg_scale=2.0, **KW)
 

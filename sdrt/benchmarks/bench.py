@@ -227,12 +227,20 @@ def bench_model(folder: Path, manifest, opts: BenchOptions, peak: dict[str, floa
     stats: list[dict] = [{} for _ in requests]
     outputs: list[dict] = [{} for _ in requests]
     devices: dict[str, str] = {}
+    not_run: dict[str, str] = {}  # backend -> why
     for group in ([[b] for b in opts.backends] if opts.one_at_a_time else [list(opts.backends)]):
         runners = {}
         try:
             for name in group:
-                runners[name] = _runner(name, folder, manifest)
+                try:
+                    runners[name] = _runner(name, folder, manifest)
+                except SdrtError as e:  # e.g. refused for memory before loading: a row saying why, not a crash
+                    log(f"  {name} not run: {e}")
+                    not_run[name] = str(e)
+                    continue
                 devices[name] = runners[name].device
+            if not runners:
+                continue
             for i, request in enumerate(requests):
                 s, out = _measure(runners, request, opts, log)
                 stats[i].update(s)
@@ -242,7 +250,8 @@ def bench_model(folder: Path, manifest, opts: BenchOptions, peak: dict[str, floa
                 r.close()
             runners.clear()
             gc.collect()  # the torch runner's timing wrappers make reference cycles; free its GBs now
-    configs = [bench_config(folder, manifest, r, s, o, devices, opts, peak) for r, s, o in zip(requests, stats, outputs)]
+    configs = [bench_config(folder, manifest, r, s, o, devices, opts, peak) | {"not_run": not_run}
+               for r, s, o in zip(requests, stats, outputs)]
     images = {(r.height, r.batch): {name: out.images[0] for name, out in o.items()} for r, o in zip(requests, outputs)}
     return configs, images
 

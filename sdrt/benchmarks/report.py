@@ -74,6 +74,8 @@ def markdown(report: dict) -> str:
                     f"{_ms(t['overhead_per_step']['median'])} | {b['images_per_second']:.2f} | {speed} | "
                     f"{b['unet_gflops_per_second']:,.0f} | {b['unet_peak_fraction']:.0%} | {ttfi} | {mem} |"
                 )
+            for name, why in c.get("not_run", {}).items():
+                lines.append(f"| {name} | not run: {why} |" + " |" * 11)
             parity = {n: b["parity"] for n, b in c["backends"].items() if "parity" in b}
             if parity:
                 lines += ["", "| backend | final latents rel. error | PSNR | SSIM | max pixel diff | held to | result |",
