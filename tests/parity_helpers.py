@@ -37,3 +37,14 @@ def use_sampler(pipe, sampler: str) -> None:
 def psnr(a, b) -> float:
     """PSNR of two 8-bit images (PIL or arrays), by the benchmark's own metric."""
     return metrics.psnr(np.asarray(a), np.asarray(b))
+
+
+def assert_matches(ours, expected, flat_check: bool = True) -> None:
+    """A GenerationResult against diffusers' (final latents, 8-bit images): latents within 1e-4 relative, each
+    image ≥ 45 dB; ``flat_check``: an image of random weights must not be flat (that would prove nothing)."""
+    latents, images = expected
+    rel = np.abs(ours.latents - latents).max() / np.abs(latents).max()
+    assert rel < 1e-4, f"final latents differ: relative error {rel:.2e}"
+    for mine, ref in zip(ours.images, images):
+        assert not flat_check or np.asarray(mine).std() > 5, "a flat image proves nothing"
+        assert psnr(np.asarray(mine), ref) > 45

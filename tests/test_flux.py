@@ -14,7 +14,7 @@ from sdrt.errors import UserInputError
 from sdrt.manifest import load_manifest
 from sdrt.runtime import Pipeline
 
-from parity_helpers import psnr
+from parity_helpers import assert_matches, psnr
 from transformer_variants import variant_folder
 
 PROMPTS = ["a red circle on a blue background", "a green square"]
@@ -45,15 +45,6 @@ def _diffusers(pipe, seed: int, **kwargs):
     return latents.numpy(), images
 
 
-def _assert_matches(ours, expected) -> None:
-    latents, images = expected
-    rel = np.abs(ours.latents - latents).max() / np.abs(latents).max()
-    assert rel < 1e-4, f"final latents differ: relative error {rel:.2e}"
-    for mine, ref in zip(ours.images, images):
-        assert np.asarray(mine).std() > 5, "a flat image proves nothing"
-        assert psnr(np.asarray(mine), ref) > 45
-
-
 def test_export_describes_the_transformer(export_dir):
     m = load_manifest(export_dir("tiny-flux"))
     assert m.family == "flux" and set(m.components) >= {"text_encoder", "t5_encoder", "unet"}
@@ -67,14 +58,14 @@ def test_export_describes_the_transformer(export_dir):
 
 def test_text_to_image_matches_diffusers(flux, reference):
     ours = flux(PROMPTS, seed=11, num_images=2, **KW)
-    _assert_matches(ours, _diffusers(reference, 11, prompt=PROMPTS, num_images_per_prompt=2))
+    assert_matches(ours, _diffusers(reference, 11, prompt=PROMPTS, num_images_per_prompt=2))
     assert "CFG scale: 1," in ours.parameters[0] and "Distilled CFG Scale: 3.5" in ours.parameters[0]
 
 
 def test_true_cfg_with_a_negative_prompt_matches_diffusers(flux, reference):
     kwargs = dict(negative_prompt=["", "blurry"], true_cfg_scale=2.5, guidance_scale=2.0)
     ours = flux(PROMPTS, seed=3, **{**KW, **kwargs})
-    _assert_matches(ours, _diffusers(reference, 3, prompt=PROMPTS, **kwargs))
+    assert_matches(ours, _diffusers(reference, 3, prompt=PROMPTS, **kwargs))
     plain = flux(PROMPTS, seed=3, **{**KW, "guidance_scale": 2.0})
     assert np.abs(plain.latents - ours.latents).max() > 1e-2, "the negative prompt changed nothing"
 
@@ -92,7 +83,7 @@ def test_schnell_like_variant_from_a_diffusers_folder(tmp_path):
     assert "guidance" not in [t.name for t in m.components["unet"].inputs] and m.latent_channels == 8
     with Pipeline.load(tmp_path / "export") as ours:
         result = ours(PROMPTS[1], seed=5, **{**KW, "height": 80, "width": 48})
-    _assert_matches(result, _diffusers(pipe, 5, prompt=PROMPTS[1], height=80, width=48))
+    assert_matches(result, _diffusers(pipe, 5, prompt=PROMPTS[1], height=80, width=48))
 
 
 def test_openvino_matches_onnx_runtime(flux, export_dir):
@@ -166,4 +157,4 @@ def test_image_to_image_matches_diffusers(flux, reference):
     ours = flux(PROMPTS[0], image=init, strength=0.6, seed=5, num_inference_steps=5, guidance_scale=3.5)
     img2img = FluxImg2ImgPipeline(**reference.components)
     img2img.set_progress_bar_config(disable=True)
-    _assert_matches(ours, _diffusers(img2img, 5, prompt=PROMPTS[0], image=init, strength=0.6, num_inference_steps=5))
+    assert_matches(ours, _diffusers(img2img, 5, prompt=PROMPTS[0], image=init, strength=0.6, num_inference_steps=5))

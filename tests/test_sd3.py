@@ -18,7 +18,7 @@ from sdrt.errors import UserInputError
 from sdrt.manifest import load_manifest
 from sdrt.runtime import Pipeline
 
-from parity_helpers import psnr
+from parity_helpers import assert_matches, psnr
 
 PROMPTS = ["a red circle on a blue background", "a green square"]
 NEGATIVES = ["", "blurry"]
@@ -53,15 +53,6 @@ def _diffusers(pipe, sampler: str, seed: int, **kwargs):
     return out.numpy(), images
 
 
-def _assert_matches(ours, expected) -> None:
-    latents, images = expected
-    rel = np.abs(ours.latents - latents).max() / np.abs(latents).max()
-    assert rel < 1e-4, f"final latents differ: relative error {rel:.2e}"
-    for mine, ref in zip(ours.images, images):
-        assert np.asarray(mine).std() > 5, "a flat image proves nothing"
-        assert psnr(np.asarray(mine), ref) > 45
-
-
 def test_export_describes_the_transformer_and_t5(export_dir):
     m = load_manifest(export_dir("tiny-sd3"))
     assert m.family == "sd3" and set(m.components) >= {"text_encoder", "text_encoder_2", "t5_encoder", "unet"}
@@ -77,7 +68,7 @@ def test_export_describes_the_transformer_and_t5(export_dir):
 def test_text_to_image_matches_diffusers(sd3, reference, sampler):
     ours = sd3(PROMPTS, negative_prompt=NEGATIVES, seed=11, num_images=2, scheduler=sampler, **KW)
     expected = _diffusers(reference, sampler, 11, prompt=PROMPTS, negative_prompt=NEGATIVES, num_images_per_prompt=2)
-    _assert_matches(ours, expected)
+    assert_matches(ours, expected)
     assert "Sampler: Euler" in ours.parameters[0] if sampler == "euler" else "Sampler: Heun" in ours.parameters[0]
 
 
@@ -92,7 +83,7 @@ def test_image_to_image_matches_diffusers(sd3, reference):
     img2img.set_progress_bar_config(disable=True)
     expected = _diffusers(img2img, "euler", 5, prompt=PROMPTS[0], image=init, strength=0.6, num_inference_steps=5,
                           guidance_scale=4.0)
-    _assert_matches(ours, expected)
+    assert_matches(ours, expected)
 
 
 def test_diffusers_folder_without_t5_conditions_on_zeros_as_diffusers(reference, tmp_path):
@@ -109,7 +100,7 @@ def test_diffusers_folder_without_t5_conditions_on_zeros_as_diffusers(reference,
     assert "t5_encoder" not in m.components and "tokenizer_3" not in m.tokenizers
     with Pipeline.load(tmp_path / "export") as pipe:
         ours = pipe(PROMPTS[1], seed=2, **KW)
-    _assert_matches(ours, _diffusers(no_t5, "euler", 2, prompt=PROMPTS[1]))
+    assert_matches(ours, _diffusers(no_t5, "euler", 2, prompt=PROMPTS[1]))
 
 
 def test_openvino_matches_onnx_runtime(sd3, export_dir):
@@ -174,5 +165,5 @@ def test_another_configuration_from_a_diffusers_folder(tmp_path):
     assert load_manifest(tmp_path / "export").latent_channels == 4
     with Pipeline.load(tmp_path / "export") as ours:
         result = ours(PROMPTS, negative_prompt=NEGATIVES, seed=8, **{**KW, "height": 96, "width": 64})
-    _assert_matches(result, _diffusers(pipe, "euler", 8, prompt=PROMPTS, negative_prompt=NEGATIVES, height=96,
+    assert_matches(result, _diffusers(pipe, "euler", 8, prompt=PROMPTS, negative_prompt=NEGATIVES, height=96,
                                        width=64))

@@ -15,7 +15,7 @@ from sdrt.errors import UserInputError
 from sdrt.manifest import load_manifest
 from sdrt.runtime import Pipeline
 
-from parity_helpers import psnr, use_sampler
+from parity_helpers import assert_matches, psnr, use_sampler
 
 PROMPT = "a red circle on a blue background"
 KW = dict(num_inference_steps=6, height=64, width=96, guidance_scale=6.0)
@@ -49,14 +49,6 @@ def _diffusers(pipe, seed, sampler="euler", **kwargs):
     return latents.numpy(), images
 
 
-def _assert_matches(ours, expected) -> None:
-    latents, images = expected
-    rel = np.abs(ours.latents - latents).max() / np.abs(latents).max()
-    assert rel < 1e-4, f"final latents differ: relative error {rel:.2e}"
-    for mine, ref in zip(ours.images, images):
-        assert psnr(np.asarray(mine), ref) > 45
-
-
 def test_export_describes_both_text_encoders_and_the_extra_inputs(export_dir):
     m = load_manifest(export_dir("tiny-sdxl"))
     assert m.family == "sdxl" and set(m.tokenizers) == {"tokenizer", "tokenizer_2"} and m.zero_empty_negative
@@ -70,22 +62,22 @@ def test_export_describes_both_text_encoders_and_the_extra_inputs(export_dir):
 @pytest.mark.parametrize("sampler", ["euler", "dpm++2m", "euler-a", "ddim"])
 def test_text_to_image_from_a_seed_matches_diffusers(sdxl, reference, sampler):
     ours = sdxl(PROMPT, negative_prompt="dark, blurry", scheduler=sampler, seed=42, **KW)
-    _assert_matches(ours, _diffusers(reference, 42, sampler, prompt=PROMPT, negative_prompt="dark, blurry"))
+    assert_matches(ours, _diffusers(reference, 42, sampler, prompt=PROMPT, negative_prompt="dark, blurry"))
 
 
 def test_no_negative_prompt_is_zeros_and_batches_keep_their_seeds(sdxl, reference):
     prompts = [PROMPT, "a green square"]
     ours = sdxl(prompts, num_images=2, seed=[5, 6, 7, 8], **KW)  # no negative prompt: zero conditioning
-    _assert_matches(ours, _diffusers(reference, [5, 6, 7, 8], prompt=prompts, num_images_per_prompt=2))
+    assert_matches(ours, _diffusers(reference, [5, 6, 7, 8], prompt=prompts, num_images_per_prompt=2))
 
 
 def test_prompt_2_and_clip_skip(sdxl, reference):
     ours = sdxl(PROMPT, prompt_2="an oil painting", negative_prompt="dark", negative_prompt_2="noisy", seed=3, **KW)
-    _assert_matches(ours, _diffusers(reference, 3, prompt=PROMPT, prompt_2="an oil painting", negative_prompt="dark",
+    assert_matches(ours, _diffusers(reference, 3, prompt=PROMPT, prompt_2="an oil painting", negative_prompt="dark",
                                      negative_prompt_2="noisy"))
     # A1111's clip skip 2 is diffusers' clip_skip=1 (diffusers applies it to the prompt only: compare unguided)
     ours = sdxl(PROMPT, seed=3, clip_skip=2, **{**KW, "guidance_scale": 1.0})
-    _assert_matches(ours, _diffusers(reference, 3, prompt=PROMPT, clip_skip=1, guidance_scale=1.0))
+    assert_matches(ours, _diffusers(reference, 3, prompt=PROMPT, clip_skip=1, guidance_scale=1.0))
     assert "Clip skip: 2" in ours.parameters[0]
 
 
@@ -101,14 +93,14 @@ def test_image_to_image_and_inpainting_match_diffusers(sdxl, reference):
         ref = cls(**reference.components)
         ref.set_progress_bar_config(disable=True)
         ours = sdxl(PROMPT, negative_prompt="dark", seed=9, **kwargs, **KW)
-        _assert_matches(ours, _diffusers(ref, 9, prompt=PROMPT, negative_prompt="dark", **kwargs))
+        assert_matches(ours, _diffusers(ref, 9, prompt=PROMPT, negative_prompt="dark", **kwargs))
 
 
 def test_openvino_runs_sdxl(export_dir, reference):
     pytest.importorskip("openvino", reason="the openvino extra is not installed")
     with Pipeline.load(export_dir("tiny-sdxl"), backend="openvino") as pipe:
         ours = pipe(PROMPT, negative_prompt="dark", seed=11, **KW)
-    _assert_matches(ours, _diffusers(reference, 11, prompt=PROMPT, negative_prompt="dark"))
+    assert_matches(ours, _diffusers(reference, 11, prompt=PROMPT, negative_prompt="dark"))
 
 
 def test_prompt_2_needs_a_second_text_encoder(export_dir):
@@ -207,7 +199,7 @@ def test_the_refiner_alone_is_an_image_to_image_model(export_dir, reference_pipe
     use_sampler(ref, "euler")
     with Pipeline.load(export_dir("tiny-sdxl-refiner")) as refiner:
         ours = refiner(PROMPT, negative_prompt="dark", image=init, strength=0.5, seed=8, **KW)
-    _assert_matches(ours, _diffusers(ref, 8, prompt=PROMPT, negative_prompt="dark", image=init, strength=0.5))
+    assert_matches(ours, _diffusers(ref, 8, prompt=PROMPT, negative_prompt="dark", image=init, strength=0.5))
 
 
 def test_refiner_mistakes_say_what_to_do(sdxl, base_and_refiner):

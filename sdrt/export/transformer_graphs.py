@@ -19,6 +19,7 @@ from ..families import Family
 from ..manifest import TensorSpec
 from .graphs import ComponentGraph, Shape, text_encoder_graph, vae_graphs
 
+
 class Sd3TransformerGraph(torch.nn.Module):
     """SD3Transformer2DModel with the contract's names: the pooled CLIP embeddings are ``pooled_projections``."""
 

@@ -1,4 +1,5 @@
-"""CLIP tokenization with the ``tokenizers`` library; ids equal transformers' CLIPTokenizer."""
+"""CLIP's and T5's tokenization with the ``tokenizers`` library; ids equal transformers' CLIPTokenizer and
+T5TokenizerFast."""
 
 from __future__ import annotations
 
@@ -13,16 +14,19 @@ from ..manifest import TokenizerSpec
 log = logging.getLogger("sdrt")
 
 
+def _load(folder: Path, spec: TokenizerSpec):
+    from tokenizers import Tokenizer
+
+    path = folder / spec.dir / "tokenizer.json"
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as e:  # tokenizers raises a bare Exception for missing or corrupt files
+        raise ManifestError(f"cannot read the tokenizer {path} ({e}). Export the model again.") from e
+
+
 class ClipTokenizer:
     def __init__(self, folder: Path, spec: TokenizerSpec):
-        from tokenizers import Tokenizer
-
-        path = folder / spec.dir / "tokenizer.json"
-        try:
-            self._tok = Tokenizer.from_file(str(path))
-        except Exception as e:  # tokenizers raises a bare Exception for missing or corrupt files
-            raise ManifestError(f"cannot read the tokenizer {path} ({e}). Export the model again.") from e
-        self.spec = spec
+        self._tok, self.spec = _load(folder, spec), spec
         self.max_tokens = spec.model_max_length - 2  # room for BOS and EOS
 
     def tokens(self, prompt: str) -> list[int]:
@@ -49,14 +53,7 @@ class T5Tokenizer:
     truncates for diffusers: the prompt's pieces cut to L − 1, EOS, padding to L (the export's fixed length)."""
 
     def __init__(self, folder: Path, spec: TokenizerSpec):
-        from tokenizers import Tokenizer
-
-        path = folder / spec.dir / "tokenizer.json"
-        try:
-            self._tok = Tokenizer.from_file(str(path))
-        except Exception as e:  # tokenizers raises a bare Exception for missing or corrupt files
-            raise ManifestError(f"cannot read the tokenizer {path} ({e}). Export the model again.") from e
-        self.spec = spec
+        self._tok, self.spec = _load(folder, spec), spec
 
     def __call__(self, prompts: list[str]) -> np.ndarray:
         """``[len(prompts), L]`` int32 ids."""
