@@ -12,11 +12,13 @@ from scheduler_reference import ATOL, CONFIGS, SD15, SHAPE, fake_model, make_ref
 from sdrt.errors import UserInputError
 from sdrt.runtime.schedulers import (
     A1111_NAMES,
+    FLOW_SAMPLERS,
     SCHEDULER_NAMES,
     a1111_name,
     canonical_name,
     default_sampler,
     make_scheduler,
+    model_sampler,
 )
 from sdrt.runtime.schedulers.common import predict_x0
 from sdrt.runtime.schedulers.dpm_sde import BrownianNoise
@@ -235,8 +237,10 @@ def test_brownian_noise_is_one_brownian_path():
 
 @pytest.mark.parametrize("canonical, display", list(A1111_NAMES.items()))
 def test_every_a1111_name_resolves(canonical, display):
-    assert canonical_name(display) == canonical
-    assert canonical_name(display.upper()) == canonical
+    """On a flow-matching model (SD 3, Flux) "Euler" and "Heun" are its flow samplers, as Forge names them."""
+    config = {"_class_name": "FlowMatchEulerDiscreteScheduler"} if canonical in FLOW_SAMPLERS.values() else None
+    assert model_sampler(display, config) == canonical
+    assert model_sampler(display.upper(), config) == canonical
     assert a1111_name(canonical) == display
 
 
@@ -283,7 +287,8 @@ def test_unknown_names_list_every_sampler(bad):
         ({"_class_name": "LCMScheduler"}, "lcm"),
         ({"_class_name": "UniPCMultistepScheduler", "use_karras_sigmas": True}, "unipc"),
         ({"_class_name": "PNDMScheduler"}, "pndm"),
-        ({"_class_name": "FlowMatchEulerDiscreteScheduler"}, "ddim"),
+        ({"_class_name": "FlowMatchEulerDiscreteScheduler"}, "flow-euler"),
+        ({"_class_name": "KDPM2DiscreteScheduler"}, "ddim"),  # one sdrt does not have
         (None, "ddim"),
     ],
 )
