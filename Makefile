@@ -20,7 +20,7 @@ demo: $(STAMP)
 	$(PY) scripts/demo.py $(DEMO)/shapes --out $(DEMO)/contact_sheet.png
 
 test: $(STAMP) browser
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=15 tests
 
 # the page's tests drive headless Chromium: installed from the distribution when missing and this user may
 # (root with apt-get); otherwise they skip and say how to install it
