@@ -166,3 +166,20 @@ def test_preview_bench_measures_both_decoders(export_dir, tmp_path):
     assert set(decoders) == {"VAE", "tiny VAE"}
     assert all(d["decode_seconds"] > 0 and d["step_with_vs_without"] > 0 for d in decoders.values())
     assert "| onnxruntime | tiny VAE |" in text(report)
+
+
+def test_a_backend_refused_for_memory_is_a_row_saying_why(export_dir, tmp_path, monkeypatch):
+    """Free memory between what ONNX Runtime and OpenVINO need to load the export: the refused backend is reported,
+    the other runs."""
+    import sdrt.memory
+    from sdrt.manifest import load_manifest
+
+    folder = export_dir("tiny")
+    graphs = sum(sdrt.memory.graph_bytes(folder, load_manifest(folder)).values())
+    monkeypatch.setattr(sdrt.memory, "available_bytes", lambda: sdrt.memory.BASE_BYTES + graphs * 1.3)
+    opts = BenchOptions(models=(str(folder),), backends=("onnxruntime", "openvino"), sizes=(64,), steps=1, warmup=0,
+                        repeats=1, peak_sizes=(256,), probes=False, one_at_a_time=True, work_dir=tmp_path / "work")
+    report, images = run_bench(opts, log=lambda msg: None)
+    config = report["models"][0]["configs"][0]
+    assert list(config["backends"]) == ["onnxruntime"] and "needs about" in config["not_run"]["openvino"]
+    assert "| openvino | not run: loading" in write_report(report, images, tmp_path / "report").read_text()
