@@ -127,6 +127,8 @@ def cmd_generate(args: argparse.Namespace) -> None:
                 clip_skip=args.clip_skip,
                 prompt_2=args.prompt_2,
                 negative_prompt_2=args.negative_prompt_2,
+                prompt_3=args.prompt_3,
+                negative_prompt_3=args.negative_prompt_3,
                 refiner_switch_at=args.refiner_switch_at if args.refiner else None,
                 loras=dict(args.lora),
                 control_image=_control_images(args),
@@ -348,8 +350,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("folder", help="export folder (from sdrt export)")
     p.add_argument("--prompt", required=True, help="AUTOMATIC1111 syntax: (word:1.3), (word), [word], BREAK; any length")
     p.add_argument("--negative-prompt", default=None)
-    p.add_argument("--prompt-2", default=None, help="SDXL: the second text encoder's prompt (default: --prompt)")
+    p.add_argument("--prompt-2", default=None,
+                   help="SDXL, SD 3: the second text encoder's prompt; Flux: T5's (default: --prompt)")
     p.add_argument("--negative-prompt-2", default=None, help="SDXL: the second text encoder's negative prompt")
+    p.add_argument("--prompt-3", default=None, help="SD 3: T5's prompt (default: --prompt; Flux's T5 reads --prompt-2)")
+    p.add_argument("--negative-prompt-3", default=None, help="SD 3: T5's negative prompt")
     p.add_argument("--refiner", metavar="OUT", help="SDXL: the export of a refiner that takes over the schedule's end")
     p.add_argument("--refiner-switch-at", type=float, default=0.8,
                    help="with --refiner: the fraction of the schedule the base runs (default 0.8)")

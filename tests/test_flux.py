@@ -63,10 +63,11 @@ def test_text_to_image_matches_diffusers(flux, reference):
 
 
 def test_true_cfg_with_a_negative_prompt_matches_diffusers(flux, reference):
-    kwargs = dict(negative_prompt=["", "blurry"], true_cfg_scale=2.5, guidance_scale=2.0)
+    kwargs = dict(negative_prompt=["", "blurry"], true_cfg_scale=2.5, guidance_scale=2.0, prompt_2=["a cat", "a tree"],
+                  negative_prompt_2=["dark", ""])  # T5 reads prompt_2
     ours = flux(PROMPTS, seed=3, **{**KW, **kwargs})
     assert_matches(ours, _diffusers(reference, 3, prompt=PROMPTS, **kwargs))
-    plain = flux(PROMPTS, seed=3, **{**KW, "guidance_scale": 2.0})
+    plain = flux(PROMPTS, seed=3, **{**KW, "guidance_scale": 2.0, "prompt_2": ["a cat", "a tree"]})
     assert np.abs(plain.latents - ours.latents).max() > 1e-2, "the negative prompt changed nothing"
 
 
@@ -108,6 +109,8 @@ def test_mistakes_are_refused(flux, export_dir):
         flux(PROMPTS[0], scheduler="heun", **KW)
     with pytest.raises(UserInputError, match="does not apply to a flow-matching model"):
         flux(PROMPTS[0], scheduler="Euler a", **KW)
+    with pytest.raises(UserInputError, match="prompt_3 and negative_prompt_3 are for SD 3"):
+        flux(PROMPTS[0], prompt_3="a cat", **KW)
     with pytest.raises(UserInputError, match="does not apply LoRAs to Flux"):
         flux(PROMPTS[0] + " <lora:style:0.5>", **KW)
     with Pipeline.load(export_dir("tiny-sd3")) as sd3, pytest.raises(UserInputError, match="true_cfg_scale is for"):

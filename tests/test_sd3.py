@@ -64,10 +64,14 @@ def test_export_describes_the_transformer_and_t5(export_dir):
     assert not any("lora" in t.name for spec in m.components.values() for t in spec.inputs)
 
 
-@pytest.mark.parametrize("sampler", ["euler", "heun"])
-def test_text_to_image_matches_diffusers(sd3, reference, sampler):
-    ours = sd3(PROMPTS, negative_prompt=NEGATIVES, seed=11, num_images=2, scheduler=sampler, **KW)
-    expected = _diffusers(reference, sampler, 11, prompt=PROMPTS, negative_prompt=NEGATIVES, num_images_per_prompt=2)
+@pytest.mark.parametrize("sampler, prompts", [("euler", {}), ("heun", {"prompt_2": ["a blue star", "a dog"],
+                                                                       "prompt_3": ["a cat", "a tree"],
+                                                                       "negative_prompt_3": ["dark", ""]})])
+def test_text_to_image_matches_diffusers(sd3, reference, sampler, prompts):
+    """Heun with each encoder's own prompts: CLIP-G's prompt_2, T5's prompt_3 and negative_prompt_3."""
+    ours = sd3(PROMPTS, negative_prompt=NEGATIVES, seed=11, num_images=2, scheduler=sampler, **KW, **prompts)
+    expected = _diffusers(reference, sampler, 11, prompt=PROMPTS, negative_prompt=NEGATIVES, num_images_per_prompt=2,
+                          **prompts)
     assert_matches(ours, expected)
     assert "Sampler: Euler" in ours.parameters[0] if sampler == "euler" else "Sampler: Heun" in ours.parameters[0]
 

@@ -175,13 +175,14 @@ class Sd3Conditioner:
     def _t5(self, job: Job, count: int) -> np.ndarray:
         if self.t5 is None:
             return np.zeros((count, *self.t5_shape), np.float32)
-        return _run_t5(self.backend, self.t5, t5_texts(job))
+        return _run_t5(self.backend, self.t5, t5_texts(job, job.negatives_3, job.prompts_3))
 
 
 class FluxConditioner:
-    """Flux.1, as diffusers' FluxPipeline: T5's hidden states of the prompt as ``encoder_hidden_states``, CLIP-L's
-    pooled output of its first 77 tokens as ``pooled_projections``, and dev's ``guidance`` input (the distilled
-    guidance scale, one per image). Negatives go first only where true CFG runs."""
+    """Flux.1, as diffusers' FluxPipeline: T5's hidden states of ``prompt_2`` (the prompt by default) as
+    ``encoder_hidden_states``, CLIP-L's pooled output of the prompt's first 77 tokens as ``pooled_projections``, and
+    dev's ``guidance`` input (the distilled guidance scale, one per image). Negatives go first only where true CFG
+    runs."""
 
     def __init__(self, folder, manifest: Manifest, backend: Backend, embeddings: EmbeddingLibrary | None = None):
         self.manifest, self.backend = manifest, backend
@@ -196,16 +197,17 @@ class FluxConditioner:
                          tokens.vectors[0])
         count = len(tokens.prompts)
         pooled = out["pooled"].astype(np.float32).reshape(count, tokens.chunks, -1)[:, 0]
-        bundle = {"encoder_hidden_states": _run_t5(self.backend, self.t5, t5_texts(job)), "pooled_projections": pooled}
+        t5 = _run_t5(self.backend, self.t5, t5_texts(job, job.negatives_2, job.prompts_2))  # prompt_2, as diffusers
+        bundle = {"encoder_hidden_states": t5, "pooled_projections": pooled}
         if job.distilled_guidance is not None:
             bundle["guidance"] = np.full(count, job.distilled_guidance, np.float32)
         return {name: np.repeat(value, job.num_images, axis=0) for name, value in bundle.items()}
 
 
-def t5_texts(job: Job) -> list[str]:
-    """What T5 reads of a call's prompts: as the CLIP encoders, without AUTOMATIC1111's weighting syntax (kept as
-    text with ``weighting=False``)."""
-    texts = _texts(job.negatives, job.prompts, job)
+def t5_texts(job: Job, negatives: list[str], prompts: list[str]) -> list[str]:
+    """What T5 reads of a call's prompts (SD 3's ``prompt_3``, Flux's ``prompt_2``): as the CLIP encoders, without
+    AUTOMATIC1111's weighting syntax (kept as text with ``weighting=False``)."""
+    texts = _texts(negatives, prompts, job)
     if job.weighting:
         texts = ["".join(part for part, _ in parse_prompt_attention(t) if part != "BREAK") for t in texts]
     return texts

@@ -162,6 +162,8 @@ class Pipeline:
         clip_skip: int = 1,
         prompt_2: str | list[str] | None = None,
         negative_prompt_2: str | list[str] | None = None,
+        prompt_3: str | list[str] | None = None,
+        negative_prompt_3: str | list[str] | None = None,
         refiner_switch_at: float | None = None,
         aesthetic_score: float = 6.0,
         negative_aesthetic_score: float = 2.5,
@@ -194,8 +196,9 @@ class Pipeline:
         the fresh noise of Euler a and DPM++ SDE (default 1; k-diffusion's ``eta``); ``s_noise`` scales that noise
         (default 1). Samplers without them ignore them, as diffusers and AUTOMATIC1111 do. ``clip_skip`` counts as
         AUTOMATIC1111 does: 1 = the text encoder's last layer, 2 = the one before (diffusers' ``clip_skip=1``); for
-        SDXL, 1 is its own penultimate layer. ``prompt_2`` and ``negative_prompt_2`` go to SDXL's second text
-        encoder (default: the same prompts), as diffusers'. ``refiner_switch_at`` (0..1, with a refiner loaded) runs
+        SDXL, 1 is its own penultimate layer. ``prompt_2`` and ``negative_prompt_2`` go to SDXL's and SD 3's second
+        text encoder and to Flux's T5, ``prompt_3`` and ``negative_prompt_3`` to SD 3's T5 (default: the same
+        prompts), as diffusers'. ``refiner_switch_at`` (0..1, with a refiner loaded) runs
         the base down to that fraction of the schedule and the refiner from there, as diffusers' ``denoising_end`` /
         ``denoising_start`` hand-over; ``aesthetic_score`` / ``negative_aesthetic_score`` condition a refiner.
 
@@ -223,7 +226,7 @@ class Pipeline:
         job = make_job(self, prompt, negative_prompt, num_inference_steps, guidance_scale, height, width, seed,
                        scheduler, num_images, latents, callback, noise, image, mask_image, strength, outpaint,
                        inpaint_mode, weighting, eta, s_noise, clip_skip, prompt_2, negative_prompt_2, aesthetic_score,
-                       negative_aesthetic_score, true_cfg_scale)
+                       negative_aesthetic_score, true_cfg_scale, prompt_3, negative_prompt_3)
         control = make_control(self.manifest, control_image, controlnet, controlnet_conditioning_scale,
                                control_guidance_start, control_guidance_end, guess_mode, job.width, job.height,
                                control_mode, len(job.prompts), job.num_images)

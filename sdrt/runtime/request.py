@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 from PIL import Image
 
-from ..components import TEXT_ENCODER, TEXT_ENCODER_2, UNET
+from ..components import T5_ENCODER, TEXT_ENCODER, TEXT_ENCODER_2, UNET
 from ..errors import ManifestError, UserInputError
 from ..families import FAMILIES
 from . import images as imageio
@@ -65,6 +65,8 @@ class Job:
     preview: Preview | None = None  # live previews (runtime/preview.py)
     vae: str = "full"  # the decoder of the images: "full", or "tiny" (the export's vae_decoder_tiny)
     distilled_guidance: float | None = None  # Flux dev's guidance input (guidance_scale is then its true CFG)
+    prompts_3: list[str] = field(default_factory=list)  # SD 3's T5 prompts (prompt_3), else the prompts
+    negatives_3: list[str] = field(default_factory=list)
 
     @property
     def batch(self) -> int:
@@ -78,7 +80,7 @@ class Job:
 def make_job(pipe: Pipeline, prompt, negative_prompt, num_inference_steps, guidance_scale, height, width, seed,
              scheduler, num_images, latents, callback, noise, image, mask_image, strength, outpaint, inpaint_mode,
              weighting, eta, s_noise, clip_skip, prompt_2=None, negative_prompt_2=None, aesthetic_score=6.0,
-             negative_aesthetic_score=2.5, true_cfg_scale=1.0) -> Job:
+             negative_aesthetic_score=2.5, true_cfg_scale=1.0, prompt_3=None, negative_prompt_3=None) -> Job:
     """The Job of a ``Pipeline.__call__`` (same arguments), every value checked and every default filled in."""
     m = pipe.manifest
     guidance_scale, distilled = _guidance(m, guidance_scale, true_cfg_scale, negative_prompt)
@@ -86,6 +88,7 @@ def make_job(pipe: Pipeline, prompt, negative_prompt, num_inference_steps, guida
     sampler = model_sampler(scheduler or pipe.default_sampler, m.scheduler_config)
     negatives = _negatives(negative_prompt, len(prompts))
     prompts_2, negatives_2 = _second_prompts(pipe, prompt_2, negative_prompt_2, prompts, negatives)
+    prompts_3, negatives_3 = _third_prompts(pipe, prompt_3, negative_prompt_3, prompts, negatives)
 
     source = None if image is None else imageio.load_image(image)
     mode, picture, mask_picture = _read_images(source, mask_image, outpaint, m.vae_scale_factor)
@@ -127,7 +130,8 @@ def make_job(pipe: Pipeline, prompt, negative_prompt, num_inference_steps, guida
     return Job(prompts, negatives, num_images, num_inference_steps, guidance_scale, sampler, height, width, generator,
                callback, weighting, eta, s_noise, clip_skip, mode, seed, seeds, noise, strength, use_model, init, mask,
                latents, outpaint, source, prompts_2, negatives_2, _number(aesthetic_score, "aesthetic_score"),
-               _number(negative_aesthetic_score, "negative_aesthetic_score"), distilled_guidance=distilled)
+               _number(negative_aesthetic_score, "negative_aesthetic_score"), distilled_guidance=distilled,
+               prompts_3=prompts_3, negatives_3=negatives_3)
 
 
 def _guidance(m, guidance_scale, true_cfg_scale, negative_prompt) -> tuple[float, float | None]:
@@ -208,16 +212,33 @@ def _check_clip_skip(pipe: Pipeline, clip_skip) -> None:
 
 
 def _second_prompts(pipe: Pipeline, prompt_2, negative_prompt_2, prompts, negatives) -> tuple[list[str], list[str]]:
-    """The second text encoder's prompts (SDXL's ``prompt_2``, ``negative_prompt_2``): the first ones by default."""
+    """The second text encoder's prompts (SDXL's and SD 3's ``prompt_2``, ``negative_prompt_2``; Flux's, which its
+    T5 reads, as diffusers): the first ones by default."""
     if prompt_2 is None and negative_prompt_2 is None:
         return prompts, negatives
-    if TEXT_ENCODER_2.name not in pipe.manifest.components:
-        raise UserInputError("prompt_2 and negative_prompt_2 are for models with a second text encoder (SDXL); "
-                             "this one has one: put everything in prompt and negative_prompt")
-    second = prompts if prompt_2 is None else ([prompt_2] if isinstance(prompt_2, str) else list(prompt_2))
-    if len(second) != len(prompts) or not all(isinstance(p, str) for p in second):
-        raise UserInputError(f"give prompt_2 as one string or one per prompt ({len(prompts)}), got {prompt_2!r}")
-    return second, negatives if negative_prompt_2 is None else _negatives(negative_prompt_2, len(prompts))
+    components = pipe.manifest.components
+    if TEXT_ENCODER_2.name not in components and not (pipe.manifest.family == "flux" and T5_ENCODER.name in components):
+        raise UserInputError("prompt_2 and negative_prompt_2 are for models with a second text encoder (SDXL, SD 3, "
+                             "Flux); this one has one: put everything in prompt and negative_prompt")
+    return _other_prompts("prompt_2", prompt_2, negative_prompt_2, prompts, negatives)
+
+
+def _third_prompts(pipe: Pipeline, prompt_3, negative_prompt_3, prompts, negatives) -> tuple[list[str], list[str]]:
+    """SD 3's T5 prompts (``prompt_3``, ``negative_prompt_3``): the first ones by default."""
+    if prompt_3 is None and negative_prompt_3 is None:
+        return prompts, negatives
+    if pipe.manifest.family != "sd3" or T5_ENCODER.name not in pipe.manifest.components:
+        raise UserInputError("prompt_3 and negative_prompt_3 are for SD 3's T5 encoder (an export with T5); put "
+                             "everything in prompt and negative_prompt (Flux's T5 reads prompt_2)")
+    return _other_prompts("prompt_3", prompt_3, negative_prompt_3, prompts, negatives)
+
+
+def _other_prompts(label: str, prompt, negative_prompt, prompts, negatives) -> tuple[list[str], list[str]]:
+    """Another encoder's prompts and negatives, each one string or one per prompt; the first ones where not given."""
+    other = prompts if prompt is None else ([prompt] * len(prompts) if isinstance(prompt, str) else list(prompt))
+    if len(other) != len(prompts) or not all(isinstance(p, str) for p in other):
+        raise UserInputError(f"give {label} as one string or one per prompt ({len(prompts)}), got {prompt!r}")
+    return other, negatives if negative_prompt is None else _negatives(negative_prompt, len(prompts))
 
 
 def _negatives(negative_prompt, n: int) -> list[str]:
