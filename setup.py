@@ -14,7 +14,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["sdrt", "sdrt.*"]),
-    package_data={"sdrt": ["data/clip/*", "data/arch/*/*.json", "data/arch/*/*/*.json", "data/weights/*/*", "data/loras/*/*",
+    package_data={"sdrt": ["data/clip/*", "data/t5/*", "data/arch/*/*.json", "data/arch/*/*/*.json", "data/weights/*/*", "data/loras/*/*",
                            "data/controlnets/*/*/*", "serve/page/*"]},
     # The runtime: numpy + ONNX Runtime + tokenizers + Pillow (+ safetensors for LoRA files). Never torch.
     install_requires=[

@@ -20,6 +20,7 @@ WEIGHTS_DIR = DATA_DIR / "weights"
 LORAS_DIR = DATA_DIR / "loras"  # LoRAs trained for a built-in (shapes-star: scripts/train_shapes_lora.py)
 CONTROLNETS_DIR = DATA_DIR / "controlnets"  # ControlNets trained for a built-in (silhouette: scripts/train_shapes_controlnet.py)
 CLIP_VOCAB_DIR = DATA_DIR / "clip"
+T5_VOCAB = DATA_DIR / "t5" / "vocab.json"  # the T5 built-ins' unigram pieces and scores (sdrt.shapes' words and more)
 NETWORKS = ("unet", "transformer", "vae", "text_encoder", "text_encoder_2", "text_encoder_3")
 
 
@@ -84,14 +85,14 @@ def clip_tokenizer(tokenizer_config: dict):
 
 
 def t5_tokenizer(folder: Path):
-    """A T5 (SentencePiece unigram) tokenizer from the pieces and scores stored in ``folder/vocab.json``: the
-    built-ins' small vocabulary of prompt words and characters."""
+    """A T5 (SentencePiece unigram) tokenizer configured by ``folder/tokenizer_config.json``, from the pieces and
+    scores stored in the repo (``T5_VOCAB``): the built-ins' small vocabulary of prompt words and characters."""
     from transformers import T5TokenizerFast
 
     config = _json(folder / "tokenizer_config.json")
     kwargs = {k: v for k, v in config.items() if k in ("model_max_length", "eos_token", "unk_token", "pad_token",
                                                          "extra_ids")}
-    return T5TokenizerFast(vocab=[tuple(piece) for piece in _json(folder / "vocab.json")], **kwargs)
+    return T5TokenizerFast(vocab=[tuple(piece) for piece in _json(T5_VOCAB)], **kwargs)
 
 
 def build_builtin(name: str, dtype=None):
