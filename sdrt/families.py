@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from .components import T5_ENCODER
+
 FamilyName = Literal["sd1", "sd2", "sdxl", "sdxl-refiner", "sd3", "flux"]
 
 
@@ -25,7 +27,7 @@ class TextEncoderSpec:
     @property
     def graph(self) -> str:
         """The component's name in the export: the pipeline's, or ``t5_encoder`` for T5 in every family."""
-        return "t5_encoder" if self.kind == "t5" else self.component
+        return T5_ENCODER.name if self.kind == "t5" else self.component
 
 
 @dataclass(frozen=True)

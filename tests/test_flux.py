@@ -14,8 +14,8 @@ from sdrt.errors import UserInputError
 from sdrt.manifest import load_manifest
 from sdrt.runtime import Pipeline
 
-from parity_helpers import assert_matches, psnr
-from transformer_variants import variant_folder
+from parity_helpers import assert_matches
+from transformer_variants import assert_fp16_export_close, assert_openvino_matches, variant_folder
 
 PROMPTS = ["a red circle on a blue background", "a green square"]
 KW = dict(num_inference_steps=4, height=64, width=96, guidance_scale=3.5)
@@ -88,20 +88,11 @@ def test_schnell_like_variant_from_a_diffusers_folder(tmp_path):
 
 
 def test_openvino_matches_onnx_runtime(flux, export_dir):
-    ours = np.asarray(flux(PROMPTS[0], seed=4, **KW).images[0])
-    with Pipeline.load(export_dir("tiny-flux"), backend="openvino") as ov:
-        assert psnr(np.asarray(ov(PROMPTS[0], seed=4, **KW).images[0]), ours) > 45
-    with Pipeline.load(export_dir("tiny-flux"), backend="openvino:bf16") as ov:
-        assert psnr(np.asarray(ov(PROMPTS[0], seed=4, **KW).images[0]), ours) > 25
+    assert_openvino_matches(export_dir("tiny-flux"), flux, PROMPTS[0], seed=4, **KW)
 
 
 def test_fp16_export_keeps_t5_in_fp32_and_stays_close(flux, export_dir):
-    folder = export_dir("tiny-flux", fp16=True)
-    m = load_manifest(folder)
-    assert m.components["t5_encoder"].precision == "fp32" and m.components["unet"].precision == "fp16"
-    with Pipeline.load(folder) as half:
-        image = np.asarray(half(PROMPTS[0], seed=4, **KW).images[0])
-    assert psnr(image, np.asarray(flux(PROMPTS[0], seed=4, **KW).images[0])) > 25
+    assert_fp16_export_close(export_dir("tiny-flux", fp16=True), flux, PROMPTS[0], seed=4, **KW)
 
 
 def test_mistakes_are_refused(flux, export_dir):
@@ -109,7 +100,7 @@ def test_mistakes_are_refused(flux, export_dir):
         flux(PROMPTS[0], scheduler="heun", **KW)
     with pytest.raises(UserInputError, match="does not apply to a flow-matching model"):
         flux(PROMPTS[0], scheduler="Euler a", **KW)
-    with pytest.raises(UserInputError, match="prompt_3 and negative_prompt_3 are for SD 3"):
+    with pytest.raises(UserInputError, match="prompt_3 and negative_prompt_3 are for models with a third text encoder"):
         flux(PROMPTS[0], prompt_3="a cat", **KW)
     with pytest.raises(UserInputError, match="does not apply LoRAs to Flux"):
         flux(PROMPTS[0] + " <lora:style:0.5>", **KW)

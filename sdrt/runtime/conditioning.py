@@ -118,7 +118,7 @@ class SdxlConditioner:
             h, out = _encode(self.backend, component.name, prompts, tokens.chunks, job.clip_skip, tokens.vectors[k])
             hidden.append(h)
             if "pooled" in out:
-                pooled = out["pooled"].astype(np.float32).reshape(count, tokens.chunks, -1)[:, 0]
+                pooled = _first_chunk_pooled(out, count, tokens.chunks)
         hidden = np.concatenate(hidden, axis=-1)
         negatives = len(job.negatives) if job.do_cfg else 0
         if negatives and self.manifest.zero_empty_negative:
@@ -164,7 +164,7 @@ class Sd3Conditioner:
             prompts = tokens.prompts[k * count:(k + 1) * count]
             h, out = _encode(self.backend, component.name, prompts, tokens.chunks, job.clip_skip, tokens.vectors[k])
             hidden.append(h[:, :WINDOW])  # the first chunk: diffusers truncates the prompt to CLIP's window
-            pooled.append(out["pooled"].astype(np.float32).reshape(count, tokens.chunks, -1)[:, 0])
+            pooled.append(_first_chunk_pooled(out, count, tokens.chunks))
         clip = np.concatenate(hidden, axis=-1)
         clip = np.pad(clip, ((0, 0), (0, 0), (0, self.t5_shape[1] - clip.shape[-1])))
         context = np.concatenate([clip, self._t5(job, count)], axis=1)
@@ -196,7 +196,7 @@ class FluxConditioner:
         _, out = _encode(self.backend, TEXT_ENCODER.name, tokens.prompts, tokens.chunks, job.clip_skip,
                          tokens.vectors[0])
         count = len(tokens.prompts)
-        pooled = out["pooled"].astype(np.float32).reshape(count, tokens.chunks, -1)[:, 0]
+        pooled = _first_chunk_pooled(out, count, tokens.chunks)
         t5 = _run_t5(self.backend, self.t5, t5_texts(job, job.negatives_2, job.prompts_2))  # prompt_2, as diffusers
         bundle = {"encoder_hidden_states": t5, "pooled_projections": pooled}
         if job.distilled_guidance is not None:
@@ -237,6 +237,11 @@ def _encode(backend: Backend, component: str, prompts: list[PromptChunks], chunk
     hidden = out["last_hidden_state"].astype(np.float32).reshape(len(prompts), chunks, *out["last_hidden_state"].shape[1:])
     hidden = np.stack([apply_weights(h, p.weights) for h, p in zip(hidden, prompts)])
     return hidden.reshape(len(prompts), chunks * hidden.shape[2], hidden.shape[3]), out
+
+
+def _first_chunk_pooled(out: dict[str, np.ndarray], prompts: int, chunks: int) -> np.ndarray:
+    """A text encoder's pooled embedding of each prompt's first chunk (as A1111; diffusers' with one chunk)."""
+    return out["pooled"].astype(np.float32).reshape(prompts, chunks, -1)[:, 0]
 
 
 def _used_vectors(ids: np.ndarray, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

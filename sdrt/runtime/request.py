@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 from PIL import Image
 
-from ..components import T5_ENCODER, TEXT_ENCODER, TEXT_ENCODER_2, UNET
+from ..components import TEXT_ENCODER, TEXT_ENCODER_2, UNET
 from ..errors import ManifestError, UserInputError
 from ..families import FAMILIES
 from . import images as imageio
@@ -87,8 +87,8 @@ def make_job(pipe: Pipeline, prompt, negative_prompt, num_inference_steps, guida
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
     sampler = model_sampler(scheduler or pipe.default_sampler, m.scheduler_config)
     negatives = _negatives(negative_prompt, len(prompts))
-    prompts_2, negatives_2 = _second_prompts(pipe, prompt_2, negative_prompt_2, prompts, negatives)
-    prompts_3, negatives_3 = _third_prompts(pipe, prompt_3, negative_prompt_3, prompts, negatives)
+    prompts_2, negatives_2 = _encoder_prompts(pipe, 2, prompt_2, negative_prompt_2, prompts, negatives)
+    prompts_3, negatives_3 = _encoder_prompts(pipe, 3, prompt_3, negative_prompt_3, prompts, negatives)
 
     source = None if image is None else imageio.load_image(image)
     mode, picture, mask_picture = _read_images(source, mask_image, outpaint, m.vae_scale_factor)
@@ -211,26 +211,19 @@ def _check_clip_skip(pipe: Pipeline, clip_skip) -> None:
         raise UserInputError(f"clip skip {clip_skip} is more than the {layers} layers of this text encoder")
 
 
-def _second_prompts(pipe: Pipeline, prompt_2, negative_prompt_2, prompts, negatives) -> tuple[list[str], list[str]]:
-    """The second text encoder's prompts (SDXL's and SD 3's ``prompt_2``, ``negative_prompt_2``; Flux's, which its
-    T5 reads, as diffusers): the first ones by default."""
-    if prompt_2 is None and negative_prompt_2 is None:
+def _encoder_prompts(pipe: Pipeline, n: int, prompt, negative_prompt, prompts, negatives
+                     ) -> tuple[list[str], list[str]]:
+    """The prompts of the pipeline's ``text_encoder_{n}`` (``prompt_{n}``, ``negative_prompt_{n}``, as diffusers:
+    SDXL's and SD 3's second CLIP, SD 3's T5 as the third, Flux's T5 as the second): the first ones by default."""
+    if prompt is None and negative_prompt is None:
         return prompts, negatives
-    components = pipe.manifest.components
-    if TEXT_ENCODER_2.name not in components and not (pipe.manifest.family == "flux" and T5_ENCODER.name in components):
-        raise UserInputError("prompt_2 and negative_prompt_2 are for models with a second text encoder (SDXL, SD 3, "
-                             "Flux); this one has one: put everything in prompt and negative_prompt")
-    return _other_prompts("prompt_2", prompt_2, negative_prompt_2, prompts, negatives)
-
-
-def _third_prompts(pipe: Pipeline, prompt_3, negative_prompt_3, prompts, negatives) -> tuple[list[str], list[str]]:
-    """SD 3's T5 prompts (``prompt_3``, ``negative_prompt_3``): the first ones by default."""
-    if prompt_3 is None and negative_prompt_3 is None:
-        return prompts, negatives
-    if pipe.manifest.family != "sd3" or T5_ENCODER.name not in pipe.manifest.components:
-        raise UserInputError("prompt_3 and negative_prompt_3 are for SD 3's T5 encoder (an export with T5); put "
-                             "everything in prompt and negative_prompt (Flux's T5 reads prompt_2)")
-    return _other_prompts("prompt_3", prompt_3, negative_prompt_3, prompts, negatives)
+    m = pipe.manifest
+    encoders = [t for t in FAMILIES[m.family].text_encoders if t.component == f"text_encoder_{n}"]
+    if not any(t.graph in m.components for t in encoders):
+        which = {2: "second text encoder (SDXL's and SD 3's second CLIP, Flux's T5)", 3: "third text encoder (SD 3's T5)"}
+        raise UserInputError(f"prompt_{n} and negative_prompt_{n} are for models with a {which[n]} in their export; "
+                             "put everything in prompt and negative_prompt")
+    return _other_prompts(f"prompt_{n}", prompt, negative_prompt, prompts, negatives)
 
 
 def _other_prompts(label: str, prompt, negative_prompt, prompts, negatives) -> tuple[list[str], list[str]]:
