@@ -18,7 +18,8 @@ from sdrt.errors import UserInputError
 from sdrt.manifest import load_manifest
 from sdrt.runtime import Pipeline
 
-from parity_helpers import assert_matches, psnr
+from parity_helpers import assert_matches
+from transformer_variants import assert_fp16_export_close, assert_openvino_matches
 
 PROMPTS = ["a red circle on a blue background", "a green square"]
 NEGATIVES = ["", "blurry"]
@@ -108,21 +109,11 @@ def test_diffusers_folder_without_t5_conditions_on_zeros_as_diffusers(reference,
 
 
 def test_openvino_matches_onnx_runtime(sd3, export_dir):
-    ours = sd3(PROMPTS[0], seed=4, **KW)
-    with Pipeline.load(export_dir("tiny-sd3"), backend="openvino") as ov:
-        assert psnr(np.asarray(ov(PROMPTS[0], seed=4, **KW).images[0]), np.asarray(ours.images[0])) > 45
-    with Pipeline.load(export_dir("tiny-sd3"), backend="openvino:bf16") as ov:
-        image = np.asarray(ov(PROMPTS[0], seed=4, **KW).images[0])
-        assert psnr(image, np.asarray(ours.images[0])) > 25
+    assert_openvino_matches(export_dir("tiny-sd3"), sd3, PROMPTS[0], seed=4, **KW)
 
 
 def test_fp16_export_keeps_t5_in_fp32_and_stays_close(sd3, export_dir):
-    folder = export_dir("tiny-sd3", fp16=True)
-    m = load_manifest(folder)
-    assert m.components["t5_encoder"].precision == "fp32" and m.components["unet"].precision == "fp16"
-    with Pipeline.load(folder) as half:
-        image = np.asarray(half(PROMPTS[0], seed=4, **KW).images[0])
-    assert psnr(image, np.asarray(sd3(PROMPTS[0], seed=4, **KW).images[0])) > 25
+    assert_fp16_export_close(export_dir("tiny-sd3", fp16=True), sd3, PROMPTS[0], seed=4, **KW)
 
 
 def test_samplers_that_do_not_apply_are_refused(sd3, export_dir):
