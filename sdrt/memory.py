@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .components import describe
 from .errors import UserInputError
 
 BASE_BYTES = 0.6e9  # the runtime's Python with numpy and a backend loaded
@@ -31,8 +32,6 @@ def available_bytes() -> int | None:
 
 def graph_bytes(folder: Path, manifest) -> dict[str, int]:
     """The bytes on disk of each graph a backend loads with the export (ControlNets and the tiny VAE load later)."""
-    from .components import describe
-
     sizes = {}
     for name, spec in manifest.components.items():
         if not describe(name).on_demand:

@@ -42,9 +42,10 @@ def flow_schedule(manifest, steps: int, height: int, width: int) -> dict:
     if not config.get("use_dynamic_shifting"):
         return sigmas
     side = manifest.size_multiple  # pixels per patch
-    return sigmas | {"mu": calculate_shift((height // side) * (width // side), config.get("base_image_seq_len", 256),
-                                  config.get("max_image_seq_len", 4096), config.get("base_shift", 0.5),
-                                  config.get("max_shift", 1.15))}
+    mu = calculate_shift((height // side) * (width // side), config.get("base_image_seq_len", 256),
+                         config.get("max_image_seq_len", 4096), config.get("base_shift", 0.5),
+                         config.get("max_shift", 1.15))
+    return sigmas | {"mu": mu}
 
 
 class FlowMatchScheduler(Scheduler):
