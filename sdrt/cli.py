@@ -175,7 +175,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
         models=tuple(args.model), backends=tuple(args.backends.split(",")), sizes=args.sizes, batches=args.batches,
         steps=args.steps, sampler=args.sampler, guidance=args.guidance, precision=args.precision, warmup=args.warmup,
         repeats=args.repeats, work_dir=Path(args.work_dir), probes=not args.no_probes, quality=args.quality,
-        one_at_a_time=args.one_at_a_time,
+        one_at_a_time=args.one_at_a_time, peers=tuple(p for p in args.peers.split(",") if p),
     )
     report, images = run_bench(opts, log=lambda msg: print(msg, flush=True))
     path = write_report(report, images, Path(args.out))
@@ -443,6 +443,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--one-at-a-time", action="store_true",
                    help="load and run one backend after the other instead of all together, interleaved: for models "
                         "two backends cannot hold at once (sdxl-arch in 24 GB)")
+    p.add_argument("--peers", default="",
+                   help="comma-separated CPU peers run beside the backends, each installed on demand into its own "
+                        "environment under WORK_DIR/peers: optimum-intel, openvino-genai, sdcpp (stable-diffusion.cpp, "
+                        "built from source); PEER:bf16, PEER:static pick a configuration, a bare name one per "
+                        "precision class of the backends")
     p.add_argument("--quality", action="store_true",
                    help="add adherence and fp16-vs-fp32 image similarity on the trained shapes model")
     p.add_argument("--work-dir", default="build/bench", help="where exports made for the benchmark go")

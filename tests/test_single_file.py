@@ -10,7 +10,7 @@ from sdrt.errors import ModelSourceError
 from sdrt.export.builtin import build_random_pipeline
 from sdrt.export.single_file import detect_arch, load_single_file
 
-import ldm_layout
+import sdrt.export.ldm_layout as ldm_layout
 
 PARTS = ("unet", "vae", "text_encoder")
 
@@ -26,24 +26,12 @@ def no_network(monkeypatch):
     monkeypatch.setattr(socket, "create_connection", refuse)
 
 
-def ldm_checkpoint(pipe) -> dict[str, torch.Tensor]:
-    """The pipeline's weights under the names an original SD 1.x / 2.x checkpoint uses."""
-    sd2 = pipe.text_encoder.config.hidden_act == "gelu"  # OpenCLIP, as in SD 2.x
-    text = ldm_layout.open_clip_to_ldm if sd2 else ldm_layout.clip_to_ldm
-    state = {
-        **ldm_layout.unet_to_ldm(pipe.unet.state_dict(), pipe.unet.config),
-        **ldm_layout.vae_to_ldm(pipe.vae.state_dict(), pipe.vae.config),
-        **text(pipe.text_encoder.state_dict()),
-    }
-    return {k: v.contiguous() for k, v in state.items()}
-
-
 @pytest.fixture(scope="module", params=["tiny", "tiny-sd2", "tiny-inpaint"])
 def tiny(request, tmp_path_factory):
     arch = request.param
     pipe = build_random_pipeline(arch, seed=1)
     path = tmp_path_factory.mktemp(arch) / "model.safetensors"
-    save_file(ldm_checkpoint(pipe), str(path))
+    ldm_layout.write_single_file(pipe, path)
     return arch, pipe, path
 
 
@@ -65,7 +53,7 @@ def test_round_trip_gives_identical_weights(tiny):
 def test_pickle_loads_only_when_allowed(tiny, tmp_path):
     arch, original, _ = tiny
     path = tmp_path / "model.ckpt"
-    torch.save({"state_dict": ldm_checkpoint(original)}, path)  # nested, as training checkpoints are
+    torch.save({"state_dict": ldm_layout.sd_to_ldm(original)}, path)  # nested, as training checkpoints are
     with pytest.raises(ModelSourceError, match="pickle"):
         load_single_file(path, arch=arch)
     loaded = load_single_file(path, arch=arch, allow_pickle=True)
@@ -83,7 +71,7 @@ def test_wrong_architecture_is_refused(tiny):
 
 def test_missing_component_is_refused(tiny, tmp_path):
     arch, pipe, _ = tiny
-    state = {k: v for k, v in ldm_checkpoint(pipe).items() if not k.startswith(ldm_layout.VAE_PREFIX)}
+    state = {k: v for k, v in ldm_layout.sd_to_ldm(pipe).items() if not k.startswith(ldm_layout.VAE_PREFIX)}
     path = tmp_path / "no_vae.safetensors"
     save_file(state, str(path))
     with pytest.raises(ModelSourceError, match="incomplete"):

@@ -57,6 +57,7 @@ class BenchOptions:
     peak_sizes: tuple[int, ...] = (1024, 2048, 4096)  # square GEMMs tried for the machine's peak
     size_ranges: dict = field(default_factory=dict)  # model -> (min, max) export range, when not the default
     one_at_a_time: bool = False  # load and run one backend after the other (not interleaved), for the biggest models
+    peers: tuple[str, ...] = ()  # CPU peers run beside sdrt's backends (``peers.PEERS``: optimum-intel, ...)
 
     def check(self) -> None:
         unknown = [b for b in self.backends if b != REFERENCE and b.partition(":")[0] not in KNOWN_BACKENDS + ("auto",)]
@@ -67,6 +68,15 @@ class BenchOptions:
             raise UserInputError(f"precision (of the exported graphs) must be fp32 or fp16, got {self.precision!r}")
         if self.warmup < 0 or self.repeats < 1 or self.steps < 1:
             raise UserInputError("warm-up must be >= 0, repeats and steps >= 1")
+        self.peer_configs()
+
+    def peer_configs(self) -> dict:
+        """The peer rows by name (a bare peer name: one row per precision class of the sdrt backends)."""
+        from .peers import expand_peers
+
+        classes = {"bf16" if _parity_class(b, self.precision) == "bf16" else "fp32"
+                   for b in self.backends if b != REFERENCE}
+        return {c.name: c for c in expand_peers(self.peers, classes)}
 
 
 @dataclass(frozen=True)
@@ -130,8 +140,10 @@ def _probe(folder: Path, backend: str, height: int, width: int, batch: int, opts
 
 
 def _parity(out: Output, ref: Output, precision: str) -> dict:
+    """How close ``out`` is to the reference: final latents and images (images alone where a peer does not hand
+    its latents back)."""
     tol = TOLERANCES[precision]
-    rel = metrics.relative_error(out.latents, ref.latents)
+    rel = None if out.latents is None else metrics.relative_error(out.latents, ref.latents)
     psnrs = [metrics.psnr(a, b) for a, b in zip(out.images, ref.images)]
     result = {
         "latents_rel_error": rel,
@@ -140,7 +152,7 @@ def _parity(out: Output, ref: Output, precision: str) -> dict:
         "max_abs_pixel_diff": max(metrics.max_abs_pixel_diff(a, b) for a, b in zip(out.images, ref.images)),
         "tolerance": tol,
     }
-    result["passed"] = bool(rel <= tol["latents_rel_error"] and result["psnr_db"] >= tol["psnr_db"])
+    result["passed"] = bool((rel is None or rel <= tol["latents_rel_error"]) and result["psnr_db"] >= tol["psnr_db"])
     return result
 
 
@@ -188,6 +200,7 @@ def bench_config(folder: Path, manifest, request: Request, stats: dict, outputs:
     result = {"height": request.height, "width": request.width, "batch": request.batch, "unet_batch": cfg * request.batch,
               "flops_per_unet_step": asdict(flops) | {"total": flops.total}, "backends": {}}
     ref = stats.get(REFERENCE)
+    peers = opts.peer_configs()
     for name, s in stats.items():
         step = s["unet_step"].median
         entry = {
@@ -204,36 +217,81 @@ def bench_config(folder: Path, manifest, request: Request, stats: dict, outputs:
         if ref is not None:
             entry["speedup_total"] = ref["total"].median / s["total"].median
             entry["speedup_unet_step"] = ref["unet_step"].median / step
-            if name != REFERENCE:
+            if name in peers and not peers[name].peer.takes_noise:
+                entry["parity"] = None  # it draws its own starting noise: no like-for-like image to compare
+            elif name != REFERENCE:
                 entry["parity"] = _parity(outputs[name], outputs[REFERENCE], _parity_class(name, manifest.precision))
+        if name in peers:
+            entry["peer"] = peers[name].peer.about
         result["backends"][name] = entry
     return result
 
 
-def _runner(name: str, folder: Path, manifest):
+def _runner(name: str, folder: Path, manifest, request: Request, opts: BenchOptions, peers: dict, log: Callable):
     if name == REFERENCE:
         from ..export.sources import load_model
 
         return TorchRunner(load_model(manifest.source["model"]).pipe)
+    if name in peers:
+        from .peers.runner import PeerRunner
+
+        runner = PeerRunner(peers[name], request, opts.work_dir / "peers", log)
+        try:
+            runner(request)  # a first run in the fresh worker: its time to first image, and any failure, up front
+        except BaseException:
+            runner.close()
+            raise
+        return runner
     return SdrtRunner(folder, name)
+
+
+def _prepare_peers(manifest, opts: BenchOptions, log: Callable) -> tuple[dict, dict[str, str]]:
+    """Each peer installed and the model converted for it, before any runner loads; and the peers that could not
+    be, with why."""
+    from .peers.runner import prepare_peer
+
+    prepared, failed = {}, {}
+    for name, config in opts.peer_configs().items():
+        try:
+            prepared[name] = prepare_peer(config, manifest.source["model"], opts.work_dir / "peers", log)
+        except SdrtError as e:
+            log(f"  {name} not run: {e}")
+            failed[name] = str(e)
+    return prepared, failed
+
+
+def _schedule(n_requests: int, opts: BenchOptions) -> list[tuple[list[str], list[int]]]:
+    """Which runners are loaded together, for which requests (indices). All interleaved on every request; with
+    ``one_at_a_time`` each alone. With peers, the reference runs alone first (everything at once would not fit in
+    memory: seven processes of GBs each) and the rest interleaved, loaded anew per request (a static-shape peer is
+    made for one size)."""
+    names, every = list(opts.backends) + list(opts.peer_configs()), list(range(n_requests))
+    if opts.one_at_a_time:
+        return [([name], every) for name in names]
+    if not opts.peers:
+        return [(names, every)]
+    groups = [[REFERENCE], [n for n in names if n != REFERENCE]] if REFERENCE in names else [names]
+    return [(group, [i]) for i in every for group in groups]
 
 
 def bench_model(folder: Path, manifest, opts: BenchOptions, peak: dict[str, float], log: Callable
                 ) -> tuple[list[dict], dict]:
-    """Every config of one model: its rows, and the images of each config's last run by backend. Backends are
-    loaded together and run interleaved, or with ``opts.one_at_a_time`` loaded and run one after the other (for
-    models two backends cannot hold at once)."""
+    """Every config of one model: its rows, and the images of each config's last run by backend (see
+    ``_schedule`` for which run together)."""
     requests = [_request(manifest, size, size, batch, opts) for size in opts.sizes for batch in opts.batches]
     stats: list[dict] = [{} for _ in requests]
     outputs: list[dict] = [{} for _ in requests]
+    first_images: list[dict] = [{} for _ in requests]  # peers' time to first image and memory, from their workers
     devices: dict[str, str] = {}
-    not_run: dict[str, str] = {}  # backend -> why
-    for group in ([[b] for b in opts.backends] if opts.one_at_a_time else [list(opts.backends)]):
+    peers, not_run = _prepare_peers(manifest, opts, log)  # not_run: backend or peer -> why
+    for group, indices in _schedule(len(requests), opts):
         runners = {}
         try:
             for name in group:
+                if name in not_run:
+                    continue
                 try:
-                    runners[name] = _runner(name, folder, manifest)
+                    runners[name] = _runner(name, folder, manifest, requests[indices[0]], opts, peers, log)
                 except SdrtError as e:  # e.g. refused for memory before loading: a row saying why, not a crash
                     log(f"  {name} not run: {e}")
                     not_run[name] = str(e)
@@ -241,17 +299,22 @@ def bench_model(folder: Path, manifest, opts: BenchOptions, peak: dict[str, floa
                 devices[name] = runners[name].device
             if not runners:
                 continue
-            for i, request in enumerate(requests):
-                s, out = _measure(runners, request, opts, log)
+            for i in indices:
+                s, out = _measure(runners, requests[i], opts, log)
                 stats[i].update(s)
                 outputs[i].update(out)
         finally:
-            for r in runners.values():
+            for name, r in runners.items():
                 r.close()
+                if hasattr(r, "first_image"):
+                    first_images[indices[0]][name] = r.first_image
             runners.clear()
             gc.collect()  # the torch runner's timing wrappers make reference cycles; free its GBs now
     configs = [bench_config(folder, manifest, r, s, o, devices, opts, peak) | {"not_run": not_run}
                for r, s, o in zip(requests, stats, outputs)]
+    for config, firsts in zip(configs, first_images):
+        for name, first in firsts.items():
+            config["backends"][name]["first_image"] = first
     images = {(r.height, r.batch): {name: out.images[0] for name, out in o.items()} for r, o in zip(requests, outputs)}
     return configs, images
 
@@ -275,9 +338,18 @@ def run_bench(opts: BenchOptions, log: Callable = print) -> tuple[dict, dict]:
             log("  time to first image and peak memory, each backend in a fresh process")
             for config in configs:
                 for name, entry in config["backends"].items():
+                    if "first_image" in entry:  # a peer's, measured in its own fresh worker
+                        continue
                     entry["first_image"] = _probe(folder, name, config["height"], config["width"], config["batch"], opts)
         report["models"].append({"model": model, "family": manifest.family, "precision": manifest.precision,
                                  "export": export_info, "configs": configs})
+    if opts.peers:
+        from .peers.summary import vs_best_peer
+
+        names = set(opts.peer_configs())
+        not_run = {n for m in report["models"] for c in m["configs"] for n in c["not_run"]}
+        report["summary"] = {"vs_best_peer": vs_best_peer(report["models"], names, not_run,
+                                                          lambda n: _parity_class(n, opts.precision))}
     if opts.quality:
         from .quality import shapes_quality
 

@@ -16,7 +16,13 @@ DIFF_GAIN = 10
 
 
 def _ms(seconds: float) -> str:
+    if seconds != seconds:  # NaN: a stage a peer does not expose
+        return "—"
     return f"{seconds * 1e3:,.1f} ms" if seconds < 1 else f"{seconds:,.2f} s"
+
+
+def _sci(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2e}"
 
 
 def _range(t: dict) -> str:
@@ -69,26 +75,27 @@ def markdown(report: dict) -> str:
                 mem = f"{first['peak_rss_mib']:,.0f} MiB" if "peak_rss_mib" in first else "—"
                 speed = (f"{b['speedup_total']:.2f}× / {b['speedup_unet_step']:.2f}×" if "speedup_total" in b else "—")
                 lines.append(
-                    f"| {name} | {b['device']} | {_range(t['total'])} | {_range(t['unet_step'])} | "
+                    f"| {name}{' (peer)' if 'peer' in b else ''} | {b['device']} | {_range(t['total'])} | {_range(t['unet_step'])} | "
                     f"{_ms(t['text_encoder']['median'])} | {_ms(t['vae_decoder']['median'])} | "
                     f"{_ms(t['overhead_per_step']['median'])} | {b['images_per_second']:.2f} | {speed} | "
                     f"{b['unet_gflops_per_second']:,.0f} | {b['unet_peak_fraction']:.0%} | {ttfi} | {mem} |"
                 )
             for name, why in c.get("not_run", {}).items():
                 lines.append(f"| {name} | not run: {why} |" + " |" * 11)
-            parity = {n: b["parity"] for n, b in c["backends"].items() if "parity" in b}
+            parity = {n: b["parity"] for n, b in c["backends"].items() if b.get("parity")}
             if parity:
                 lines += ["", "| backend | final latents rel. error | PSNR | SSIM | max pixel diff | held to | result |",
                           "|---|---|---|---|---|---|---|"]
                 for name, q in parity.items():
                     tol = q["tolerance"]
                     lines.append(
-                        f"| {name} | {q['latents_rel_error']:.2e} | {q['psnr_db']:.1f} dB | {q['ssim']:.4f} | "
+                        f"| {name} | {_sci(q['latents_rel_error'])} | {q['psnr_db']:.1f} dB | {q['ssim']:.4f} | "
                         f"{q['max_abs_pixel_diff']} | ≤ {tol['latents_rel_error']:g}, ≥ {tol['psnr_db']:g} dB | "
                         f"{'pass' if q['passed'] else 'FAIL'} |"
                     )
             slug = _slug(entry["model"], c)
             lines += ["", f"![stage latency]({slug}-latency.png)", f"![images]({slug}-images.png)"]
+    lines += _peers_summary(report)
     if "quality" in report:
         q = report["quality"]
         lines += ["", "## Quality on real images: the `shapes` model",
@@ -106,6 +113,31 @@ def markdown(report: dict) -> str:
               "for `torch` it is diffusers' own. Time to first image counts imports, loading and one run in a fresh "
               "process; peak memory is that process's peak resident set (host memory only)."]
     return "\n".join(lines) + "\n"
+
+
+def _peers_summary(report: dict) -> list[str]:
+    summary = (report.get("summary") or {}).get("vs_best_peer")
+    if "summary" not in report:
+        return []
+    if not summary:
+        return ["", "## Against the peers", "", "No peer ran beside an sdrt backend of its precision class."]
+    peers = {n: b["peer"] for m in report["models"] for c in m["configs"] for n, b in c["backends"].items()
+             if "peer" in b}
+    lines = ["", "## Against the peers", "",
+             "Peers: " + "; ".join(f"`{n}`: {about}" for n, about in peers.items()) + ". Each runs in its own process "
+             "and environment, on the same weights (converted with its own tool), interleaved with sdrt's backends; "
+             "the reference ran alone before them. Time to first image and peak memory are the peer's worker process's. "
+             "Ratios are the fastest peer's time over sdrt's fastest configuration's, in the same precision class "
+             f"(target ≥ {summary['target']:g}×).",
+             "", "| size | sdrt | fastest peer | precision | U-Net step | end to end |", "|---|---|---|---|---|---|"]
+    for c in summary["by_config"]:
+        lines.append(f"| {c['height']}×{c['width']}, batch {c['batch']} | {c['sdrt']} | {c['peer']} | "
+                     f"{c['precision_class']} | {c['unet_step']:.2f}× | {c['end_to_end']:.2f}× |")
+    verdict = "met" if summary["met"] else "not met"
+    lines += ["", f"Worst size: U-Net step {summary['unet_step']:.2f}×, end to end {summary['end_to_end']:.2f}× — "
+                  f"target {verdict}." + (f" Not run: {', '.join(summary['peers_not_run'])} (see the rows above)."
+                                           if summary["peers_not_run"] else "")]
+    return lines
 
 
 def latency_plot(config: dict, title: str, path: Path) -> None:

@@ -41,7 +41,7 @@ class Output:
     timings: dict[str, float]  # seconds: total, per stage, unet_step, overhead
 
 
-def _summarise(total: float, stages: dict[str, float], unet_calls: int) -> dict[str, float]:
+def summarise(total: float, stages: dict[str, float], unet_calls: int) -> dict[str, float]:
     timings = {"total": total, **{s: stages.get(s, 0.0) for s in STAGES}}
     timings["unet_step"] = timings["unet"] / max(unet_calls, 1)
     # the time outside the component calls: the sampler loop, tokenizing, image conversion (for torch: diffusers')
@@ -77,7 +77,7 @@ class StageTimer:
         return timed
 
     def summary(self, total: float) -> dict[str, float]:
-        return _summarise(total, dict(self.seconds), self.calls[UNET.stage])
+        return summarise(total, dict(self.seconds), self.calls[UNET.stage])
 
 
 class SdrtRunner:

@@ -1,8 +1,8 @@
-"""Test helper: rename diffusers-format state dicts to the original LDM (CompVis) single-file layout.
+"""diffusers-format state dicts renamed to the original LDM (CompVis) single-file layout.
 
-This is the inverse of the key mapping diffusers applies when it reads a single-file checkpoint, so
-tests can write a realistic checkpoint from a tiny random pipeline and check that loading it back
-gives the very same weights. The plain text-to-image Stable Diffusion layout (SD 1.x, 2.x) and SDXL's (SGM:
+This is the inverse of the key mapping diffusers applies when it reads a single-file checkpoint: tests write a
+realistic checkpoint from a tiny random pipeline and check that loading it back gives the very same weights, and
+the benchmark hands the same weights to peers that read single files only (stable-diffusion.cpp). The plain text-to-image Stable Diffusion layout (SD 1.x, 2.x) and SDXL's (SGM:
 ``conditioner.embedders.N``) are covered.
 """
 
@@ -84,6 +84,28 @@ def open_clip_to_ldm(state: dict[str, torch.Tensor], prefix: str = OPEN_CLIP_PRE
             continue
         out[f"{block}.{names[name]}.{kind}"] = value
     return {prefix + k: v for k, v in out.items()}
+
+
+def sd_to_ldm(pipe) -> dict[str, torch.Tensor]:
+    """An SD 1.x / 2.x pipeline's weights under the names an original single-file checkpoint uses."""
+    sd2 = pipe.text_encoder.config.hidden_act == "gelu"  # OpenCLIP, as in SD 2.x
+    text = open_clip_to_ldm if sd2 else clip_to_ldm
+    state = {
+        **unet_to_ldm(pipe.unet.state_dict(), pipe.unet.config),
+        **vae_to_ldm(pipe.vae.state_dict(), pipe.vae.config),
+        **text(pipe.text_encoder.state_dict()),
+    }
+    return {k: v.contiguous() for k, v in state.items()}
+
+
+def write_single_file(pipe, path) -> None:
+    """``pipe`` (SD 1.x / 2.x) as one .safetensors checkpoint in the original layout, written atomically."""
+    from safetensors.torch import save_file
+
+    from ..fileio import atomic_path
+
+    with atomic_path(path) as tmp:
+        save_file(sd_to_ldm(pipe), str(tmp))
 
 
 SDXL_CLIP_PREFIX = "conditioner.embedders.0.transformer."  # CLIP ViT-L in HF layout, wrapped
