@@ -1,4 +1,4 @@
-"""``sdrt export|build|generate|bench|serve|info``: parses arguments, calls the Python API, prints results.
+"""``sdrt export|build|generate|bench|serve|quantize|info``: parses arguments, calls the Python API, prints results.
 
 Errors sdrt raises on purpose are printed as one message (no traceback) with a non-zero exit.
 """
@@ -266,6 +266,15 @@ def cmd_serve(args: argparse.Namespace) -> None:
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
 
 
+def cmd_quantize(args: argparse.Namespace) -> None:
+    from .runtime.quantize import CALIBRATION_PROMPTS, quantize
+
+    prompts = tuple(p for p in Path(args.prompts).read_text().splitlines() if p.strip()) if args.prompts \
+        else CALIBRATION_PROMPTS
+    path = quantize(args.folder, prompts, size=args.size, steps=args.steps, log=lambda msg: print(msg, flush=True))
+    print(f"wrote {path}; generate with --backend openvino:bf16:w8a8")
+
+
 def cmd_info(args: argparse.Namespace) -> None:
     from .manifest import load_manifest
 
@@ -421,7 +430,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", nargs="+", default=["tiny"], help="built-in names or export folders (default: tiny)")
     p.add_argument("--backends", default="torch,onnxruntime",
                    help="comma-separated: torch (the reference), onnxruntime, openvino, openvino:bf16, "
-                        "openvino:bf16:int8 (int8 weights), auto")
+                        "openvino:bf16:int8 (int8 weights), openvino:bf16:w8a8 (int8 compute, after sdrt quantize), "
+                        "auto")
     p.add_argument("--sizes", type=_ints, default=(256,), help="square image sides, comma-separated (default 256)")
     p.add_argument("--batches", type=_ints, default=(1,), help="images per call, comma-separated (default 1)")
     p.add_argument("--steps", type=int, default=10)
@@ -481,6 +491,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-replicas", type=int, default=None, help="upper bound with --replicas auto")
     p.add_argument("--ray-address", default=None, help="a Ray cluster to join (default: RAY_ADDRESS, or a local Ray)")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("quantize", help="int8 compute for the U-Net on OpenVINO (then --backend openvino:bf16:w8a8)",
+                       description="Calibrates NNCF's post-training quantization on a few generations and writes "
+                                   "the U-Net with int8 convolutions and int8 linear weights to OUT/quantized/.")
+    p.add_argument("folder", help="export folder (SD 1.x, 2.x, SDXL)")
+    p.add_argument("--prompts", help="a text file, one calibration prompt per line (default: 8 varied prompts)")
+    p.add_argument("--size", type=int, help="calibration image side (default: the model's)")
+    p.add_argument("--steps", type=int, default=10, help="steps per calibration prompt (default 10)")
+    p.set_defaults(func=cmd_quantize)
 
     p = sub.add_parser("info", help="describe an export folder")
     p.add_argument("folder")

@@ -134,7 +134,7 @@ def test_int8_weights_match_pytorch_and_are_compressed_once(export_dir, referenc
 
 def test_backend_specs():
     assert create_backend("openvino:bf16:int8").weights == "int8" and create_backend("openvino").weights is None
-    with pytest.raises(Exception, match="int8 weights and static shapes are openvino's"):
+    with pytest.raises(Exception, match="int8 weights, w8a8 and static shapes are openvino's"):
         create_backend("onnxruntime:int8")
     assert create_backend("openvino:bf16:static").static_shapes is True
     assert create_backend("openvino:bf16").precision == "bf16" and create_backend("ov").static_shapes is False

@@ -163,7 +163,7 @@ def _compute_precision(backend: str, peak: dict) -> str:
 def _parity_class(backend: str, graph_precision: str) -> str:
     """Which tolerance a backend's output is held to: its least exact number format."""
     options = backend.split(":")[1:]
-    return "int8" if "int8" in options else "bf16" if "bf16" in options else graph_precision
+    return "int8" if {"int8", "w8a8"} & set(options) else "bf16" if "bf16" in options else graph_precision
 
 
 def _request(manifest, height: int, width: int, batch: int, opts: BenchOptions) -> Request:

@@ -15,7 +15,7 @@ from typing import Callable
 import numpy as np
 
 from ...runtime.schedulers import diffusers_equivalent, model_sampler
-from ..runners import Output, Request, summarise
+from ..runners import STAGES, Output, Request, summarise
 from . import PeerConfig
 from .environment import PeerUnavailable, last_lines, peer_python
 from .models import peer_model
@@ -76,7 +76,7 @@ class PeerRunner:
             self.first_image = {"load_s": self.load_s, "time_to_first_image_s": reply["since_start_s"]}
         stages = reply["stages"]
         # stages a peer does not expose stay unknown (NaN), and so does the time outside them
-        timings = summarise(reply["total"], {s: stages.get(s, math.nan) for s in ("text_encoder", "unet", "vae_decoder")},
+        timings = summarise(reply["total"], {s: stages.get(s, math.nan) for s in STAGES},
                             reply["calls"]["unet"])
         latents = np.load(out / "latents.npy") if reply["latents"] else None
         return Output(latents, np.load(out / "images.npy"), timings)

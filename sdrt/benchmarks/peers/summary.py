@@ -11,16 +11,16 @@ def _median(entry: dict, timing: str) -> float:
 
 
 def config_vs_best_peer(config: dict, peer_names: set[str], precision_class) -> dict | None:
-    """One config's comparison, or None where no sdrt row has a peer row of its precision class."""
+    """One config's comparison: sdrt's fastest row among the precision classes a peer ran in, against the fastest
+    peer of its class; None where no sdrt row has a peer row of its class."""
     rows = {n: b for n, b in config["backends"].items() if n != "torch"}
-    sdrt = {n: b for n, b in rows.items() if n not in peer_names}
     peers = {n: b for n, b in rows.items() if n in peer_names}
-    if not sdrt or not peers:
+    classes = {precision_class(n) for n in peers}  # an sdrt row of a class no peer ran in has nothing to meet
+    sdrt = {n: b for n, b in rows.items() if n not in peer_names and precision_class(n) in classes}
+    if not sdrt:
         return None
     best = min(sdrt, key=lambda n: _median(sdrt[n], "total"))
     same = {n: b for n, b in peers.items() if precision_class(n) == precision_class(best)}
-    if not same:
-        return None
     peer = min(same, key=lambda n: _median(same[n], "total"))
     return {"height": config["height"], "width": config["width"], "batch": config["batch"],
             "sdrt": best, "peer": peer, "precision_class": precision_class(best),

@@ -166,7 +166,8 @@ class StableDiffusionCpp:
                                         sample_method=r["sampler"], seed=r["seed"], batch_count=r["batch"],
                                         progress_callback=on_step)
         self.timed.seconds = {"unet": sum(steps)}
-        self.timed.calls = {"unet": len(steps)}  # a step: the conditional and unconditional passes, as one call elsewhere
+        # a step runs the conditional and the unconditional pass: one U-Net call of batch 2 elsewhere
+        self.timed.calls = {"unet": len(steps)}
         return np.stack([np.asarray(im.convert("RGB")) for im in images]), None
 
 

@@ -59,27 +59,28 @@ def create_backend(spec: str, manifest: Manifest | None = None) -> Backend:
 
         return TensorRTBackend(_ALIASES[name], auto_build="auto-build" in options,
                                cuda_graphs="no-cuda-graphs" not in options)
-    static, int8 = "static" in options, "int8" in options
-    options = [o for o in options if o not in ("static", "int8")]
+    static = "static" in options
+    weights = next((o for o in options if o in ("int8", "w8a8")), None)
+    options = [o for o in options if o not in ("static", "int8", "w8a8")]
     if len(options) > 1:
-        raise UserInputError(f"backend {spec!r}: give at most a precision, 'static' and 'int8' after the name")
+        raise UserInputError(f"backend {spec!r}: give at most a precision, 'static' and 'int8' or 'w8a8' after the name")
     precision = options[0] if options else ""
     if name == "auto":
         name, reason = resolve_auto(manifest)
         log.info("backend auto: %s (%s)", name, reason)
     key = _ALIASES.get(name)
     if key == "onnxruntime":
-        if static or int8 or precision not in ("", "fp32"):
+        if static or weights or precision not in ("", "fp32"):
             raise UserInputError(f"onnxruntime runs the graphs as exported; drop the options from {spec!r} "
-                                 "(export with --fp16 for fp16; int8 weights and static shapes are openvino's)")
+                                 "(export with --fp16 for fp16; int8 weights, w8a8 and static shapes are openvino's)")
         from .onnxruntime import OnnxRuntimeBackend
 
         return OnnxRuntimeBackend()
     if key == "openvino":
         from .openvino import OpenVinoBackend
 
-        return OpenVinoBackend(precision=precision or "fp32", static_shapes=static, weights="int8" if int8 else None)
+        return OpenVinoBackend(precision=precision or "fp32", static_shapes=static, weights=weights)
     if key in ("tensorrt", "tensorrt-rtx"):  # picked by auto
         return create_backend(key, manifest)
     raise UserInputError(f"unknown backend {spec!r}; available: {', '.join(KNOWN_BACKENDS)}, auto "
-                         "(openvino takes :fp32 or :bf16, :static and :int8)")
+                         "(openvino takes :fp32 or :bf16, :static and :int8 or :w8a8)")

@@ -1,6 +1,7 @@
 """OpenVINO backend: the CPU fast path. Reads the export folder's ONNX graphs, compiles each for the CPU in the
 precision asked for (fp32 exact; bf16 where the CPU has it), dynamic or for the exact shapes it runs at, optionally
-with int8 weights (NNCF's data-free weight compression, as optimum-intel's ``load_in_8bit``), and keeps OpenVINO's
+with int8 weights (NNCF's data-free weight compression, as optimum-intel's ``load_in_8bit``) or an int8-compute
+U-Net made by ``sdrt quantize`` (``w8a8``: runtime/quantize.py), and keeps OpenVINO's
 compiled blobs in a cache keyed by content, so a second load skips compilation and a changed model, version, CPU,
 precision or weight format never reuses one."""
 
@@ -16,15 +17,17 @@ from pathlib import Path
 
 import numpy as np
 
-from ...components import describe
+from ...components import UNET, describe
 from ...cpu import cpu_flags
 from ...errors import BackendError
+from ...fileio import sha256_file
+from ..quantize import require_quantized
 from .base import Backend
 
 log = logging.getLogger("sdrt")
 
 PRECISIONS = {"fp32": "f32", "bf16": "bf16"}  # sdrt name -> OpenVINO's INFERENCE_PRECISION_HINT
-WEIGHTS = ("int8",)  # weight formats besides the graph's own
+WEIGHTS = ("int8", "w8a8")  # besides the graph's own: int8 weights; int8 convolutions (sdrt quantize)
 MAX_SHAPES = 2  # static compiles kept per graph
 _CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx512_fp16", "amx_fp16")
 
@@ -123,11 +126,14 @@ class OpenVinoBackend(Backend):
         path = self.folder / comp.file
         shape_text = None if signature is None else ";".join(f"{k}={'x'.join(map(str, v))}" for k, v in signature)
         static = None if shape_text is None else f"{shape_text};exported"  # static caches: a blob of our own
-        digest = cache_key(comp.sha256, self._version, self.precision, self._features, static, self.weights or "")
+        if self.weights == "w8a8" and name == UNET.name:
+            path = require_quantized(self.folder, self.manifest)
+        digest = cache_key(comp.sha256, self._version, self.precision, self._features, static,
+                           self._weights_key(name, path))
         key_dir = self._cache_root / f"{name}-{digest}"
         label = name if shape_text is None else f"{name}@{shape_text}"
         try:
-            if self.weights:
+            if self.weights == "int8":
                 path = self._compressed(name, comp, path)
             if shapes is None:
                 # from the path, not a read model: on a cache hit OpenVINO then never reads the ONNX weights
@@ -144,6 +150,13 @@ class OpenVinoBackend(Backend):
         if len(same) > MAX_SHAPES:  # forget the least recently used shape of this graph (its weights are a copy)
             del self._compiled[same[0]]
         return entry
+
+    def _weights_key(self, name: str, path: Path) -> str:
+        """The weight format's part of a cache key; a quantized U-Net's includes its IR's hash (calibrated again,
+        compiled again)."""
+        if self.weights == "w8a8":
+            return f"w8a8-{sha256_file(path)[:16]}" if name == UNET.name else ""
+        return self.weights or ""
 
     def _compressed(self, name: str, comp, path: Path) -> Path:
         """The graph with int8 weights, as OpenVINO IR next to the compile cache: NNCF compresses each graph once
