@@ -20,7 +20,6 @@ import numpy as np
 from ...components import UNET, describe
 from ...cpu import cpu_flags
 from ...errors import BackendError
-from ...fileio import sha256_file
 from ..quantize import require_quantized
 from .base import Backend
 
@@ -152,10 +151,13 @@ class OpenVinoBackend(Backend):
         return entry
 
     def _weights_key(self, name: str, path: Path) -> str:
-        """The weight format's part of a cache key; a quantized U-Net's includes its IR's hash (calibrated again,
-        compiled again)."""
+        """The weight format's part of a cache key. A quantized U-Net's names its weights file's size and time (its
+        calibrated ranges live there, not in the .xml): calibrated again, compiled again."""
         if self.weights == "w8a8":
-            return f"w8a8-{sha256_file(path)[:16]}" if name == UNET.name else ""
+            if name != UNET.name:
+                return ""
+            weights = path.with_suffix(".bin").stat()
+            return f"w8a8-{weights.st_size}-{weights.st_mtime_ns}"
         return self.weights or ""
 
     def _compressed(self, name: str, comp, path: Path) -> Path:
