@@ -267,10 +267,14 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
 
 def cmd_quantize(args: argparse.Namespace) -> None:
+    from .errors import UserInputError
     from .runtime.quantize import CALIBRATION_PROMPTS, quantize
 
-    prompts = tuple(p for p in Path(args.prompts).read_text().splitlines() if p.strip()) if args.prompts \
-        else CALIBRATION_PROMPTS
+    prompts = CALIBRATION_PROMPTS
+    if args.prompts:
+        if not Path(args.prompts).is_file():
+            raise UserInputError(f"no prompts file {args.prompts}: give a text file with one prompt per line")
+        prompts = tuple(p for p in Path(args.prompts).read_text().splitlines() if p.strip())
     path = quantize(args.folder, prompts, size=args.size, steps=args.steps, log=lambda msg: print(msg, flush=True))
     print(f"wrote {path}; generate with --backend openvino:bf16:w8a8")
 

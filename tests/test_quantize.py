@@ -52,6 +52,10 @@ def test_w8a8_needs_sdrt_quantize_first(export_dir, tmp_path):
     shutil.copytree(export_dir("tiny-sd2", lora=False), folder)
     with pytest.raises(BackendError, match="run `sdrt quantize"):
         Pipeline.load(folder, backend="openvino:w8a8")
+    missing = subprocess.run([sys.executable, "-m", "sdrt.cli", "quantize", str(folder), "--prompts", "nowhere.txt"],
+                             capture_output=True, text=True)
+    assert missing.returncode != 0 and "no prompts file nowhere.txt" in missing.stderr
+    assert "Traceback" not in missing.stderr
     run = subprocess.run([sys.executable, "-m", "sdrt.cli", "quantize", str(folder), "--size", "64", "--steps", "3"],
                          capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-2000:]

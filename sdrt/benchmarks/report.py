@@ -116,9 +116,9 @@ def markdown(report: dict) -> str:
 
 
 def _peers_summary(report: dict) -> list[str]:
-    summary = (report.get("summary") or {}).get("vs_best_peer")
-    if "summary" not in report:
+    if "summary" not in report:  # a run without peers
         return []
+    summary = report["summary"]["vs_best_peer"]
     if not summary:
         return ["", "## Against the peers", "", "No peer ran beside an sdrt backend of its precision class."]
     peers = {n: b["peer"] for m in report["models"] for c in m["configs"] for n, b in c["backends"].items()

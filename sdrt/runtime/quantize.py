@@ -19,7 +19,7 @@ import numpy as np
 from ..components import UNET
 from ..errors import BackendError, UserInputError
 from ..fileio import atomic_path
-from ..manifest import Manifest
+from ..manifest import Manifest, load_manifest
 
 # Varied subjects, styles and compositions, so activation ranges cover more than one kind of image.
 CALIBRATION_PROMPTS = (
@@ -71,10 +71,10 @@ def quantize(folder: str | Path, prompts: tuple[str, ...] = CALIBRATION_PROMPTS,
     folder = Path(folder)
     if not prompts:
         raise UserInputError("calibration needs at least one prompt")
-    pipe = Pipeline.load(folder, backend="openvino")  # fp32: the statistics of the graph as exported
-    manifest = pipe.manifest
+    manifest = load_manifest(folder)
     if manifest.family not in ("sd1", "sd2", "sdxl"):
         raise UserInputError(f"int8 compute is for U-Net models (SD 1.x, 2.x, SDXL); this export is {manifest.family}")
+    pipe = Pipeline.load(folder, backend="openvino")  # fp32: the statistics of the graph as exported
     size = size or manifest.default_size
     log(f"calibrating: {len(prompts)} prompts × {steps} steps at {size}×{size}")
     feeds = unet_feeds(pipe, prompts, size, steps, guidance)
