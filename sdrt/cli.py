@@ -48,6 +48,7 @@ def cmd_export(args: argparse.Namespace) -> None:
         t5=not args.no_t5,
         controlnets=args.controlnet,
         tiny_vae=args.tiny_vae,
+        deep_cache=args.deepcache,
     )
     print((Path(args.out) / "validation.txt").read_text(), end="")
     print(f"exported {args.model} ({manifest.family}, {manifest.precision}) to {args.out} "
@@ -138,6 +139,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
                 control_guidance_end=_one_or_list(args.control_end, 1.0),
                 guess_mode=args.guess_mode,
                 vae=args.vae,
+                deepcache_interval=args.deepcache,
             )
         finally:
             if bar is not None:
@@ -168,7 +170,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
     from .benchmarks.bench import BenchOptions, run_bench
     from .benchmarks.report import write_report
 
-    addon = next((kind for kind in ("lora", "controlnet", "preview") if getattr(args, kind)), None)
+    addon = next((kind for kind in ("lora", "controlnet", "preview", "deepcache") if getattr(args, kind)), None)
     if addon:
         return _bench_addon(args, addon)
     opts = BenchOptions(
@@ -183,7 +185,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
 
 def _bench_addon(args: argparse.Namespace, kind: str) -> None:
-    """``sdrt bench --lora`` / ``--controlnet`` / ``--preview``: what the add-on costs (``benchmarks/KIND.py``) on
+    """``sdrt bench --lora`` / ``--controlnet`` / ``--preview`` / ``--deepcache``: what the add-on costs (``benchmarks/KIND.py``) on
     the first model and size, written as KIND.json and KIND.md after each backend."""
     import importlib
 
@@ -322,6 +324,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a tiny VAE decoder for live previews and --vae tiny: a diffusers AutoencoderTiny folder "
                         "(madebyollin/taesd for SD 1.x/2.x, taesdxl for SDXL) or 'random' (built-ins that ship one "
                         "have it)")
+    p.add_argument("--deepcache", action="store_true",
+                   help="also export DeepCache's shallow U-Net: `generate --deepcache N` then reuses the U-Net's deep "
+                        "features N-1 steps in N (SD 1.x/2.x/XL)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("add-controlnet", help="add ControlNets to an export folder (the base is not exported again)")
@@ -419,6 +424,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guess-mode", action="store_true", help="ControlNet guess mode (diffusers')")
     p.add_argument("--vae", choices=("full", "tiny"), default="full",
                    help="the decoder: the model's VAE, or the export's tiny VAE (sdrt export --tiny-vae; cheaper)")
+    p.add_argument("--deepcache", type=int, default=1, metavar="N",
+                   help="reuse the U-Net's deep features: the whole U-Net every N-th step only (an export made with "
+                        "--deepcache; default 1: every step)")
     p.add_argument("--backend", default="onnxruntime",
                    help="onnxruntime, openvino (CPU fast path), tensorrt or tensorrt-rtx (GPU engines from sdrt build; "
                         "':auto-build' builds missing ones) or auto (the fastest here); default onnxruntime")
@@ -454,6 +462,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preview", action="store_true",
                    help="what live previews (sdrt serve's current_image) cost a step: a preview wanted at every step "
                         "against none (first --model, first --sizes)")
+    p.add_argument("--deepcache", action="store_true",
+                   help="what reusing the U-Net's deep features saves and costs instead: DeepCache intervals 1, 2, 3, "
+                        "5, time and images against interval 1 (first --model, first --sizes; an export with "
+                        "--deepcache is made)")
     p.add_argument("--one-at-a-time", action="store_true",
                    help="load and run one backend after the other instead of all together, interleaved: for models "
                         "two backends cannot hold at once (sdxl-arch in 24 GB)")

@@ -34,6 +34,7 @@ class RunShape:
     encodes_image: bool = False  # img2img / inpainting also run the VAE encoder
     controlnets: tuple[str, ...] = ()  # the ControlNet components the call runs
     tiny_vae: bool = False  # the call may run the tiny VAE decoder (its image, or live previews)
+    deepcache: bool = False  # the call reuses the U-Net's deep features (runs the shallow U-Net)
 
 
 class Bounds(Protocol):
@@ -170,13 +171,36 @@ class Denoiser(Component):
 
     @staticmethod
     def io(channels: int, out_channels: int, text_dim: int, extras: tuple[TensorSpec, ...] = (),
-           residuals: tuple[TensorSpec, ...] = (), tokens: int | str = "T"
+           residuals: tuple[TensorSpec, ...] = (), tokens: int | str = "T", deep_features: int = 0
            ) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
-        """``tokens``: the text sequence's length, fixed where the family's is (SD 3: CLIP's 77 + T5's)."""
+        """``tokens``: the text sequence's length, fixed where the family's is (SD 3: CLIP's 77 + T5's);
+        ``deep_features``: their channels where the U-Net also outputs them (DeepCache, ``ShallowDenoiser``)."""
         inputs = (TensorSpec("sample", "float32", ("2B", channels, "h", "w")),
                   TensorSpec("timestep", "float32", ("2B",)),
                   TensorSpec("encoder_hidden_states", "float32", ("2B", tokens, text_dim))) + tuple(extras)
-        return inputs + tuple(residuals), (TensorSpec("noise_pred", "float32", ("2B", out_channels, "h", "w")),)
+        outputs = (TensorSpec("noise_pred", "float32", ("2B", out_channels, "h", "w")),)
+        if deep_features:
+            outputs += (ShallowDenoiser.features_spec(deep_features),)
+        return inputs + tuple(residuals), outputs
+
+
+class ShallowDenoiser(Denoiser):
+    """DeepCache's shallow U-Net (``export/deepcache.py``): the U-Net's inputs less the ControlNet residuals, then
+    ``deep_features`` [2B, C, h, w] (the U-Net's own output of the last whole step) → ``noise_pred``. Loaded when a
+    call first reuses features."""
+
+    on_demand = True
+    FEATURES = "deep_features"
+
+    def __init__(self):
+        super().__init__("unet_shallow")
+
+    def runs_in(self, shape: RunShape) -> bool:
+        return shape.deepcache
+
+    @classmethod
+    def features_spec(cls, channels: int) -> TensorSpec:
+        return TensorSpec(cls.FEATURES, "float32", ("2B", channels, "h", "w"))
 
 
 class ControlNet(Denoiser):
@@ -256,8 +280,9 @@ TEXT_ENCODER, UNET, VAE_DECODER, VAE_ENCODER = TextEncoder(), Denoiser(), VaeDec
 TEXT_ENCODER_2 = TextEncoder("text_encoder_2")  # SDXL's OpenCLIP ViT-bigG, with the pooled output
 TINY_VAE_DECODER = TinyVaeDecoder()
 T5_ENCODER = T5Encoder()
-COMPONENTS: dict[str, Component] = {c.name: c for c in (TEXT_ENCODER, TEXT_ENCODER_2, T5_ENCODER, UNET, VAE_DECODER,
-                                                        VAE_ENCODER, TINY_VAE_DECODER)}
+UNET_SHALLOW = ShallowDenoiser()
+COMPONENTS: dict[str, Component] = {c.name: c for c in (TEXT_ENCODER, TEXT_ENCODER_2, T5_ENCODER, UNET, UNET_SHALLOW,
+                                                        VAE_DECODER, VAE_ENCODER, TINY_VAE_DECODER)}
 
 
 def describe(name: str) -> Component:

@@ -18,13 +18,13 @@ def export_dir(tmp_path_factory):
 
     made = {}
 
-    def get(model: str = "tiny", fp16: bool = False, lora: bool | None = None):
+    def get(model: str = "tiny", fp16: bool = False, lora: bool | None = None, deep_cache: bool = False):
         lora = not fp16 if lora is None else lora
-        key = (model, fp16, lora)
+        key = (model, fp16, lora, deep_cache)
         if key not in made:
-            name = f"{model}-{'fp16' if fp16 else 'fp32'}{'' if lora else '-nolora'}"
+            name = f"{model}-{'fp16' if fp16 else 'fp32'}{'' if lora else '-nolora'}{'-deepcache' if deep_cache else ''}"
             out = tmp_path_factory.mktemp(name) / "export"
-            export(model, out, fp16=fp16, lora=lora)
+            export(model, out, fp16=fp16, lora=lora, deep_cache=deep_cache)
             made[key] = out
         return made[key]
 

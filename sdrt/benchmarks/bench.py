@@ -92,10 +92,11 @@ class AddonBenchOptions:
     sampler: str = "dpm++2m"
     work_dir: Path = Path("build/bench")
 
-    def export(self, log: Callable, lora: bool = False) -> Path:
-        """The model's export for the benchmark (made once in ``work_dir``; with LoRA sites or without)."""
+    def export(self, log: Callable, lora: bool = False, deep_cache: bool = False) -> Path:
+        """The model's export for the benchmark (made once in ``work_dir``; with LoRA sites or without, with
+        DeepCache's shallow U-Net or without)."""
         return prepare_export(self.model, BenchOptions(models=(self.model,), work_dir=self.work_dir), log,
-                              lora=lora)[0]
+                              lora=lora, deep_cache=deep_cache)[0]
 
     def report(self) -> dict:
         """The start of the add-on's report: the machine and these options."""
@@ -103,22 +104,23 @@ class AddonBenchOptions:
 
 
 def prepare_export(model: str, opts: BenchOptions, log: Callable, precision: str | None = None,
-                   lora: bool = True) -> tuple[Path, dict]:
+                   lora: bool = True, deep_cache: bool = False) -> tuple[Path, dict]:
     """An export folder for ``model`` (an export folder is used as it is), its size and, when made here, the time
     the export took. The export runs in a child process: it needs many GB (13 for SD 1.5) that the benchmark
-    process should not keep. ``lora=False``: graphs without LoRA sites."""
+    process should not keep. ``lora=False``: graphs without LoRA sites; ``deep_cache``: with DeepCache's graphs."""
     precision = precision or opts.precision
     path = Path(model)
     seconds = None
     if (path / MANIFEST_NAME).is_file():
         folder = path
     else:
-        folder = opts.work_dir / f"{model.replace('/', '_')}-{precision}{'' if lora else '-nolora'}"
+        suffix = ('' if lora else '-nolora') + ('-deepcache' if deep_cache else '')
+        folder = opts.work_dir / f"{model.replace('/', '_')}-{precision}{suffix}"
         if not (folder / MANIFEST_NAME).is_file():
             log(f"exporting {model} ({precision}) to {folder}")
             cmd = [sys.executable, "-m", "sdrt.cli", "export", model, str(folder)]
             cmd += ["--fp16"] if precision == "fp16" else []
-            cmd += [] if lora else ["--no-lora"]
+            cmd += ([] if lora else ["--no-lora"]) + (["--deepcache"] if deep_cache else [])
             if model in opts.size_ranges:
                 cmd += ["--size-range", ",".join(map(str, opts.size_ranges[model]))]
             t0 = time.perf_counter()

@@ -157,6 +157,7 @@ def export(
     controlnets: list[str] = (),
     tiny_vae: str | None = None,
     t5: bool = True,
+    deep_cache: bool = False,
 ) -> Manifest:
     """Export ``model`` (built-in name, diffusers folder or .safetensors) to the folder ``out``.
 
@@ -166,7 +167,8 @@ def export(
     ``export/controlnet.py``), each its own graph. ``tiny_vae``: a diffusers AutoencoderTiny folder (or ``random``)
     exported as the tiny decoder ``vae_decoder_tiny`` (``export/tiny_vae.py``); a built-in that ships one has it
     by default. ``t5=False`` leaves SD 3's T5 encoder out (it is not even loaded): the runtime conditions on zeros
-    in its place, as diffusers does without ``text_encoder_3``.
+    in its place, as diffusers does without ``text_encoder_3``. ``deep_cache``: DeepCache's shallow U-Net too
+    (``export/deepcache.py``).
     """
     out = Path(out)
     started = time.perf_counter()
@@ -174,7 +176,7 @@ def export(
     need = memory.check_fits(model, fp16, () if t5 else OPTIONAL_T5)
     with memory.freed_memory_returned(bool(need and need > memory.BIG_EXPORT_BYTES)):
         return _export(model, out, fp16, allow_pickle, arch, size_range, max_batch, validate, lora, named, tiny_vae,
-                       t5, started)
+                       t5, deep_cache, started)
 
 
 def _copy_shipped_loras(model: str, folder: Path) -> None:
@@ -188,7 +190,8 @@ def _copy_shipped_loras(model: str, folder: Path) -> None:
 
 def _export(model: str, out: Path, fp16: bool, allow_pickle: bool, arch: str | None,
             size_range: tuple[int, int] | None, max_batch: int, validate: bool, lora: bool,
-            controlnets: list[tuple[str, Path]], tiny_vae: str | None, t5: bool, started: float) -> Manifest:
+            controlnets: list[tuple[str, Path]], tiny_vae: str | None, t5: bool, deep_cache: bool,
+            started: float) -> Manifest:
     loaded = load_model(model, allow_pickle=allow_pickle, arch=arch, dtype=torch.float16 if fp16 else None,
                         without=() if t5 else OPTIONAL_T5)
     pipe = loaded.pipe
@@ -204,6 +207,9 @@ def _export(model: str, out: Path, fp16: bool, allow_pickle: bool, arch: str | N
     size_range = size_range or loaded.size_range or family.size_range
     if size_range[0] % 8 or size_range[1] % 8 or size_range[0] > size_range[1]:
         raise ExportError(f"size range {size_range} must be two multiples of 8, smallest first.")
+    if deep_cache and family.denoiser != "unet":
+        raise ExportError(f"--deepcache reuses a U-Net's deep features; {family.description} has a transformer. "
+                          "Export it without --deepcache.")
     precision = "fp16" if fp16 else "fp32"
     lora = lora and family.lora
 
@@ -211,7 +217,7 @@ def _export(model: str, out: Path, fp16: bool, allow_pickle: bool, arch: str | N
     tmp = _prepare_output(out)
     try:
         components, checks = {}, []
-        graphs = component_graphs(pipe, family, lora)
+        graphs = component_graphs(pipe, family, lora, deep_cache)
         latent_multiple = graphs[-1].latent_multiple  # the denoiser's
         tiny_vae = tiny_vae or (builtin.shipped_tiny_vae(loaded.name) if loaded.kind == "builtin" else None)
         taesd = load_tiny_vae(tiny_vae, facts["latent_channels"], scale) if tiny_vae else None  # refused before work

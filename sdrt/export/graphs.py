@@ -3,16 +3,17 @@ its symbolic shapes, and how to make inputs of a given shape for tracing and val
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, replace
 from typing import Callable
 
 import torch
 
-from ..components import (UNET, VAE_DECODER, VAE_ENCODER, WINDOW, ControlNet, Denoiser, TextEncoder, VaeDecoder,
-                          VaeEncoder, level_sides, residual_specs)
+from ..components import (UNET, UNET_SHALLOW, VAE_DECODER, VAE_ENCODER, WINDOW, ControlNet, Denoiser, TextEncoder,
+                          VaeDecoder, VaeEncoder, is_residual, level_sides, residual_specs)
 from ..families import Family, TextEncoderSpec
 from ..manifest import TensorSpec
-from . import lora_sites
+from . import deepcache, lora_sites
 
 
 @dataclass(frozen=True)
@@ -99,16 +100,20 @@ class UNetGraph(torch.nn.Module):
     (SDXL's ``text_embeds`` and ``time_ids``, diffusers' ``added_cond_kwargs``), then the ControlNet residuals
     (diffusers' ``down_block_additional_residuals`` and ``mid_block_additional_residual``)."""
 
-    def __init__(self, unet: torch.nn.Module, extra_names: tuple[str, ...] = ()):
+    def __init__(self, unet: torch.nn.Module, extra_names: tuple[str, ...] = (), deep_features: bool = False):
         super().__init__()
-        self.unet, self.extra_names = unet, extra_names
+        self.unet, self.extra_names, self.deep_features = unet, extra_names, deep_features
 
     def forward(self, sample, timestep, encoder_hidden_states, *rest):
         extras, residuals = rest[:len(self.extra_names)], rest[len(self.extra_names):]
         added = dict(zip(self.extra_names, extras)) or None
-        return self.unet(sample, timestep, encoder_hidden_states, added_cond_kwargs=added,
-                         down_block_additional_residuals=tuple(residuals[:-1]) or None,
-                         mid_block_additional_residual=residuals[-1] if residuals else None, return_dict=False)[0]
+        tap = deepcache.DeepFeatureTap(self.unet) if self.deep_features else contextlib.nullcontext()
+        with tap:
+            noise_pred = self.unet(sample, timestep, encoder_hidden_states, added_cond_kwargs=added,
+                                   down_block_additional_residuals=tuple(residuals[:-1]) or None,
+                                   mid_block_additional_residual=residuals[-1] if residuals else None,
+                                   return_dict=False)[0]
+        return (noise_pred, tap.features) if self.deep_features else noise_pred
 
 
 class ControlNetGraph(torch.nn.Module):
@@ -162,11 +167,12 @@ class VaeEncoderGraph(torch.nn.Module):
         return posterior.mean, posterior.std
 
 
-def component_graphs(pipe, family: Family, lora: bool = True) -> list[ComponentGraph]:
+def component_graphs(pipe, family: Family, lora: bool = True, deep_cache: bool = False) -> list[ComponentGraph]:
     """The graphs of a pipeline of ``family``, wrapped with the contract's IO names: its text encoders, the VAE
     decoder and encoder, and the denoiser (with the family's extra conditioning inputs) last, so that an export can
     free each network once it is done with it before the biggest one is traced. ``lora``: the text encoders and
-    the U-Net with LoRA sites."""
+    the U-Net with LoRA sites; ``deep_cache``: the U-Net also outputs its deep features, and DeepCache's shallow
+    U-Net comes before it (``export/deepcache.py``)."""
     if family.denoiser == "transformer":
         from .transformer_graphs import transformer_family_graphs
 
@@ -187,18 +193,37 @@ def component_graphs(pipe, family: Family, lora: bool = True) -> list[ComponentG
         }
         return inputs | _extra_inputs(extras, s, scale, b, g) | _random_residuals(residuals, s, b, g)
 
+    features = deepcache.feature_channels(unet) if deep_cache else 0
     unet_graph = ComponentGraph(
-        UNET.name, "unet", UNetGraph(unet, tuple(t.name for t in extras)),
-        *Denoiser.io(channels, unet.config.out_channels, text_dim, extras, residuals), unet_inputs,
+        UNET.name, "unet", UNetGraph(unet, tuple(t.name for t in extras), deep_cache),
+        *Denoiser.io(channels, unet.config.out_channels, text_dim, extras, residuals, deep_features=features),
+        unet_inputs,
         # The sinusoidal timestep embedding of t up to 999 loses whole radians in fp16;
         # diffusers computes it in fp32 for fp16 models too.
         fp32_scopes=("/unet/time_proj/",),
     )
+    denoisers = [with_lora_sites(unet_graph, unet) if lora else unet_graph]
+    if deep_cache:  # before the U-Net: the export frees the network after its last graph
+        denoisers.insert(0, _shallow_graph(unet_graph, unet, extras, features, lora))
     return [
         *(text_encoder_graph(pipe, spec, lora) for spec in family.text_encoders),
         *vae_graphs(pipe.vae),
-        with_lora_sites(unet_graph, unet) if lora else unet_graph,
+        *denoisers,
     ]
+
+
+def _shallow_graph(unet_graph: ComponentGraph, unet: torch.nn.Module, extras: tuple[TensorSpec, ...], features: int,
+                   lora: bool) -> ComponentGraph:
+    """DeepCache's shallow U-Net (``export/deepcache.py``): the U-Net's inputs less the residuals, and the deep
+    features; LoRA sites on the layers it runs."""
+    def make_inputs(s: Shape, g):
+        inputs = {k: v for k, v in unet_graph.make_inputs(s, g).items() if not is_residual(k)}
+        return inputs | {UNET_SHALLOW.FEATURES: torch.randn(2 * s.batch, features, s.latent_h, s.latent_w, generator=g)}
+
+    graph = ComponentGraph(UNET_SHALLOW.name, "unet", deepcache.ShallowUNet(unet, tuple(t.name for t in extras)),
+                           *deepcache.shallow_io(unet_graph.inputs, unet_graph.outputs, features), make_inputs,
+                           fp32_scopes=unet_graph.fp32_scopes)
+    return with_lora_sites(graph, unet, only=deepcache.shallow_paths(unet)) if lora else graph
 
 
 def vae_scale(vae) -> int:
@@ -220,10 +245,14 @@ def vae_graphs(vae) -> list[ComponentGraph]:
             ComponentGraph(VAE_ENCODER.name, "vae", VaeEncoderGraph(vae), *VaeEncoder.io(latent_channels), image)]
 
 
-def with_lora_sites(graph: ComponentGraph, network: torch.nn.Module, under: str = "") -> ComponentGraph:
+def with_lora_sites(graph: ComponentGraph, network: torch.nn.Module, under: str = "",
+                    only: tuple[str, ...] = ()) -> ComponentGraph:
     """``graph`` with a LoRA site on every targetable layer of ``network`` under ``under`` (see ``lora_sites``):
-    their factors follow the graph's own inputs."""
+    their factors follow the graph's own inputs. ``only``: the sites under these paths alone are inputs (the graph
+    runs no other layer of ``network``)."""
     sites = lora_sites.add_sites(network, under)
+    if only:
+        sites = {path: site for path, site in sites.items() if path.startswith(only)}
 
     def make_inputs(s: Shape, g):
         inputs = graph.make_inputs(s, g)

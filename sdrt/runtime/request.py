@@ -67,6 +67,7 @@ class Job:
     distilled_guidance: float | None = None  # Flux dev's guidance input (guidance_scale is then its true CFG)
     prompts_3: list[str] = field(default_factory=list)  # SD 3's T5 prompts (prompt_3), else the prompts
     negatives_3: list[str] = field(default_factory=list)
+    deepcache: int = 1  # the whole U-Net every this many steps, the shallow one between (runtime/deepcache.py)
 
     @property
     def batch(self) -> int:
