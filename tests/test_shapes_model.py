@@ -46,6 +46,22 @@ def test_the_shipped_star_lora_draws_stars_the_model_cannot(export_dir):
     assert not any(read(image).shape == STAR for image in without)
 
 
+def test_the_shipped_lcm_lora_draws_in_four_steps(export_dir):
+    """`shapes-lcm` (an LCM-LoRA distilled from the model): the nine check prompts right in 4 LCM steps at guidance 1
+    (one U-Net pass a step), where the model alone at those settings gets fewer right."""
+    folder = export_dir("shapes")
+    assert (folder / "loras" / "shapes-lcm.safetensors").is_file()
+    with Pipeline.load(folder) as pipe:
+        def draw(lora: str):
+            return [pipe(f"{caption(*t)} {lora}", num_inference_steps=4, guidance_scale=1.0, scheduler="lcm",
+                         seed=1 + i).images[0] for i, t in enumerate(CHECKS)]
+
+        with_lora, without = draw("<lora:shapes-lcm:1>"), draw("")
+    right, details = adherence(with_lora, CHECKS)
+    assert right >= 8, [d["read"] for d in details]
+    assert adherence(without, CHECKS)[0] < right
+
+
 def test_the_shipped_silhouette_controlnet_draws_the_shape_where_the_silhouette_is(export_dir):
     """`sdrt export shapes` exports the shipped silhouette ControlNet; the shape is drawn centred on each silhouette
     (within 4 pixels of 64) in the prompt's colour on its background."""
