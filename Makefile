@@ -1,5 +1,5 @@
 # make demo: export the built-in `shapes` model and draw a contact sheet of prompts on ONNX Runtime (CPU).
-# make test: the test suite. Both create .venv and install the project into it first.
+# make test: the test suite (but the few marked slow: make test-slow). Both create .venv and install the project first.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -20,7 +20,12 @@ demo: $(STAMP)
 	$(PY) scripts/demo.py $(DEMO)/shapes --out $(DEMO)/contact_sheet.png
 
 test: $(STAMP) browser
-	$(PY) -m pytest -q --durations=15 tests
+	$(PY) -m pytest -q --durations=15 -m "not slow" tests
+
+# make test-slow: the tests that install the benchmark's CPU peers from the package registries (~2 minutes)
+.PHONY: test-slow
+test-slow: $(STAMP)
+	$(PY) -m pytest -q --durations=5 -m slow tests
 
 # the page's tests drive headless Chromium: installed from the distribution when missing and this user may
 # (root with apt-get); otherwise they skip and say how to install it

@@ -59,3 +59,5 @@ def pipelines(export_dir):
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: needs an NVIDIA GPU and a TensorRT flavour; skipped elsewhere")
+    config.addinivalue_line("markers", "slow: minutes of installs from the package registries; `make test-slow` runs "
+                                       "them, `make test` does not")

@@ -49,6 +49,7 @@ def test_vs_best_peer_compares_like_precision_and_keeps_the_worst_size():
     assert summary["peers_run"] == ["optimum-intel:bf16", "sdcpp"] and summary["peers_not_run"] == ["openvino-genai"]
 
 
+@pytest.mark.slow  # ~2 minutes of installing optimum-intel and OpenVINO GenAI: make test-slow
 def test_bench_runs_the_peers_beside_sdrt(export_dir, tmp_path, monkeypatch):
     """optimum-intel and OpenVINO GenAI installed for real, on tiny's weights converted by optimum-cli, in fp32: from
     the benchmark's starting latents both must give diffusers' image (so the comparison is like for like); a peer
