@@ -193,6 +193,13 @@ def timed_loop(name: str, cap_s: float, step_fn, optimizer, base_lr: float, warm
     return step, seconds, losses
 
 
+def loop_summary(steps: int, seconds: float, losses: list[float], batch_size: int, params) -> dict:
+    """What a model card says of an add-on's training loop."""
+    return {"steps": steps, "seconds": round(seconds, 1), "batch_size": batch_size,
+            "trained_parameters": sum(p.numel() for p in params),
+            "first_loss": float(np.mean(losses[:20])), "final_loss": float(np.mean(losses[-100:]))}
+
+
 def machine_info() -> dict:
     import diffusers
     import torch

@@ -30,8 +30,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_shapes import (REPO, Log, batches, encode_latents, frozen_shapes, machine_info, min_snr_schedule,  # noqa: E402
-                          timed_loop, to_tensor)
+from train_shapes import (REPO, Log, batches, encode_latents, frozen_shapes, loop_summary, machine_info,  # noqa: E402
+                          min_snr_schedule, timed_loop, to_tensor)
 
 from sdrt import shapes  # noqa: E402
 
@@ -112,9 +112,7 @@ def train(pipe, controlnet, lat_mean, lat_std, silhouettes: np.ndarray, captions
 
     steps, seconds, losses = timed_loop("controlnet", args.minutes * 60, step, opt, args.lr, args.warmup_steps, log)
     controlnet.eval()
-    return {"steps": steps, "seconds": round(seconds, 1), "batch_size": args.batch_size,
-            "trained_parameters": sum(p.numel() for p in params),
-            "first_loss": float(np.mean(losses[:20])), "final_loss": float(np.mean(losses[-100:]))}
+    return loop_summary(steps, seconds, losses, args.batch_size, params)
 
 
 def check_placements(seed: int = 123) -> list[tuple[tuple[str, str, str], np.ndarray, np.ndarray]]:

@@ -32,8 +32,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_shapes import Log, batches, encode_latents, frozen_shapes, machine_info, timed_loop  # noqa: E402
-from train_shapes_lora import SHIP_DIR, save  # noqa: E402
+from train_shapes import (Log, batches, encode_latents, frozen_shapes, loop_summary, machine_info,  # noqa: E402
+                          timed_loop)
+from train_shapes_lora import SHIP_DIR, write_lora  # noqa: E402
 
 from sdrt import shapes  # noqa: E402
 
@@ -151,9 +152,7 @@ def train(pipe, lat_mean, lat_std, captions: list[str], args, log: Log, rng: np.
 
     steps, seconds, losses = timed_loop("lcm", args.minutes * 60, step, opt, args.lr, args.warmup_steps, log)
     unet.eval()
-    return {"steps": steps, "seconds": round(seconds, 1), "batch_size": args.batch_size,
-            "trained_parameters": sum(p.numel() for p in params),
-            "first_loss": float(np.mean(losses[:20])), "final_loss": float(np.mean(losses[-100:]))}
+    return loop_summary(steps, seconds, losses, args.batch_size, params)
 
 
 def check(pipe, out: Path) -> dict:
@@ -229,16 +228,7 @@ def main(argv=None) -> int:
               "training": train(pipe, lat_mean, lat_std, captions, args, log, rng)}
     report["check"] = check(pipe, out)
     log(json.dumps(report["check"]), echo=True)
-    path = out / f"{NAME}.safetensors"
-    save(pipe, configs, path)
-    (out / f"{NAME}.md").write_text(model_card(report), encoding="utf-8")
-    (out / "report.json").write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
-    if args.ship:
-        SHIP_DIR.mkdir(parents=True, exist_ok=True)
-        for suffix in (".safetensors", ".md"):
-            (SHIP_DIR / f"{NAME}{suffix}").write_bytes((out / f"{NAME}{suffix}").read_bytes())
-            (SHIP_DIR / f"{NAME}{suffix}").chmod(0o644)
-        print(f"shipped {NAME} to {SHIP_DIR}")
+    write_lora(pipe, configs, report, model_card(report), out / f"{NAME}.safetensors", args.ship)
     log.close()
     return 0
 

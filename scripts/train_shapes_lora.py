@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_shapes import (REPO, Log, batches, encode_latents, frozen_shapes, machine_info, min_snr_schedule,  # noqa: E402
-                          timed_loop)
+from train_shapes import (REPO, Log, batches, encode_latents, frozen_shapes, loop_summary, machine_info,  # noqa: E402
+                          min_snr_schedule, timed_loop)
 
 from sdrt import shapes  # noqa: E402
 
@@ -113,9 +113,7 @@ def train(pipe, lat_mean, lat_std, captions: list[str], args, log: Log, rng: np.
     steps, seconds, losses = timed_loop("lora", args.minutes * 60, step, opt, args.lr, args.warmup_steps, log)
     unet.eval()
     text_encoder.eval()
-    return {"steps": steps, "seconds": round(seconds, 1), "batch_size": args.batch_size,
-            "trained_parameters": sum(p.numel() for p in params),
-            "first_loss": float(np.mean(losses[:20])), "final_loss": float(np.mean(losses[-100:]))}
+    return loop_summary(steps, seconds, losses, args.batch_size, params)
 
 
 def check(pipe, out: Path) -> dict:
@@ -162,6 +160,20 @@ def save(pipe, configs: dict, path: Path) -> None:
     save_file(tensors, str(path), metadata=meta)
 
 
+def write_lora(pipe, configs: dict, report: dict, card: str, path: Path, ship: bool) -> None:
+    """The LoRA at ``path``, its model card (NAME.md) and the run's report.json beside it; with ``ship``, the LoRA
+    and its card copied into the package, where ``sdrt export shapes`` finds them."""
+    save(pipe, configs, path)
+    path.with_suffix(".md").write_text(card, encoding="utf-8")
+    path.with_name("report.json").write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
+    if ship:
+        SHIP_DIR.mkdir(parents=True, exist_ok=True)
+        for file in (path, path.with_suffix(".md")):
+            (SHIP_DIR / file.name).write_bytes(file.read_bytes())
+            (SHIP_DIR / file.name).chmod(0o644)
+        print(f"shipped {path.stem} to {SHIP_DIR}")
+
+
 def model_card(r: dict) -> str:
     a, m, t, c = r["args"], r["machine"], r["training"], r["check"]
     return f"""# {NAME}
@@ -192,16 +204,7 @@ def main(argv=None) -> int:
                                                                                args, log, rng)}
     report["check"] = check(pipe, out)
     log(json.dumps(report["check"]), echo=True)
-    path = out / f"{NAME}.safetensors"
-    save(pipe, configs, path)
-    (out / f"{NAME}.md").write_text(model_card(report), encoding="utf-8")
-    (out / "report.json").write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
-    if args.ship:
-        SHIP_DIR.mkdir(parents=True, exist_ok=True)
-        for suffix in (".safetensors", ".md"):
-            (SHIP_DIR / f"{NAME}{suffix}").write_bytes((out / f"{NAME}{suffix}").read_bytes())
-            (SHIP_DIR / f"{NAME}{suffix}").chmod(0o644)
-        print(f"shipped {NAME} to {SHIP_DIR}")
+    write_lora(pipe, configs, report, model_card(report), out / f"{NAME}.safetensors", args.ship)
     log.close()
     return 0
 
