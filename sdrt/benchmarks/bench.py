@@ -74,7 +74,7 @@ class BenchOptions:
         """The peer rows by name (a bare peer name: one row per precision class of the sdrt backends)."""
         from .peers import expand_peers
 
-        classes = {"bf16" if _parity_class(b, self.precision) == "bf16" else "fp32"
+        classes = {"bf16" if metrics.parity_class(b, self.precision) == "bf16" else "fp32"
                    for b in self.backends if b != REFERENCE}
         return {c.name: c for c in expand_peers(self.peers, classes)}
 
@@ -162,12 +162,6 @@ def _compute_precision(backend: str, peak: dict) -> str:
     return "bf16" if "bf16" in backend.split(":")[1:] and "bf16" in peak else "fp32"
 
 
-def _parity_class(backend: str, graph_precision: str) -> str:
-    """Which tolerance a backend's output is held to: its least exact number format."""
-    options = backend.split(":")[1:]
-    return "int8" if {"int8", "w8a8"} & set(options) else "bf16" if "bf16" in options else graph_precision
-
-
 def _request(manifest, height: int, width: int, batch: int, opts: BenchOptions) -> Request:
     f = manifest.vae_scale_factor
     latents = make_generator(opts.seed, "torch").randn((batch, manifest.latent_channels, height // f, width // f))
@@ -222,7 +216,8 @@ def bench_config(folder: Path, manifest, request: Request, stats: dict, outputs:
             if name in peers and not peers[name].peer.takes_noise:
                 entry["parity"] = None  # it draws its own starting noise: no like-for-like image to compare
             elif name != REFERENCE:
-                entry["parity"] = _parity(outputs[name], outputs[REFERENCE], _parity_class(name, manifest.precision))
+                entry["parity"] = _parity(outputs[name], outputs[REFERENCE],
+                                          metrics.parity_class(name, manifest.precision))
         if name in peers:
             entry["peer"] = peers[name].peer.about
         result["backends"][name] = entry
@@ -351,7 +346,7 @@ def run_bench(opts: BenchOptions, log: Callable = print) -> tuple[dict, dict]:
         names = set(opts.peer_configs())
         not_run = {n for m in report["models"] for c in m["configs"] for n in c["not_run"]}
         report["summary"] = {"vs_best_peer": vs_best_peer(report["models"], names, not_run,
-                                                          lambda n: _parity_class(n, opts.precision))}
+                                                          lambda n: metrics.parity_class(n, opts.precision))}
     if opts.quality:
         from .quality import shapes_quality
 

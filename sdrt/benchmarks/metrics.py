@@ -34,3 +34,10 @@ def difference_map(image: np.ndarray, reference: np.ndarray, gain: float = 10.0)
     """|image − reference| per pixel (max over channels), amplified ``gain`` times, as 8-bit gray."""
     diff = np.abs(image.astype(np.int16) - reference.astype(np.int16)).max(axis=2)
     return np.clip(diff * gain, 0, 255).astype(np.uint8)
+
+
+def parity_class(backend: str, graph_precision: str) -> str:
+    """The least exact number format a backend computes in (``openvino:bf16:w8a8`` → int8; plain → the graph's):
+    which tolerance its output is held to, and whether it is lossless (fp32)."""
+    options = backend.split(":")[1:]
+    return "int8" if {"int8", "w8a8"} & set(options) else "bf16" if "bf16" in options else graph_precision

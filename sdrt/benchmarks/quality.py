@@ -52,7 +52,7 @@ def shapes_quality(backends: tuple[str, ...], folders: dict[str, Path], log: Cal
             right, details = shapes.adherence(images, shapes.CHECKS)
             row = {"backend": backend, "precision": precision, "adherence": right, "of": len(images),
                    "wrong": [{"expected": d["expected"], "read": d["read"]} for d in details if not d["right"]]}
-            lossless = precision == "fp32" and not {"bf16", "int8", "w8a8"} & set(backend.split(":")[1:])
+            lossless = metrics.parity_class(backend, precision) == "fp32"
             if backend != "torch" and lossless and exact is None:
                 exact = images
             elif backend != "torch" and exact is not None and not lossless:
