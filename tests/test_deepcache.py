@@ -115,3 +115,17 @@ def test_mistakes_are_clear(cached, export_dir, tmp_path):
     with pytest.raises(ExportError, match="transformer"):
         export("tiny-sd3", tmp_path / "sd3", deep_cache=True)
     assert not (tmp_path / "sd3").exists()
+
+
+def test_the_bench_reports_time_flops_and_drift(export_dir, tmp_path):
+    from sdrt.benchmarks.deepcache import DeepCacheBenchOptions, bench_deepcache, text
+
+    opts = DeepCacheBenchOptions(model=str(export_dir("tiny", deep_cache=True)), backends=("onnxruntime",), size=64,
+                                 steps=4, warmup=0, repeats=1, intervals=(1, 2), work_dir=tmp_path)
+    report = bench_deepcache(opts, log=lambda msg: None)
+    assert 0 < report["flops"]["shallow_share"] < 1
+    timings = report["backends"]["onnxruntime"]
+    assert timings["speedup"]["1"]["denoise"] == 1.0 and timings["seconds"]["2"]["denoise"]["median"] > 0
+    quality = report["quality"]["by_interval"]
+    assert quality["1"]["psnr_db_worst"] == float("inf") and quality["2"]["psnr_db_worst"] < float("inf")
+    assert "| onnxruntime | 2 |" in text(report)

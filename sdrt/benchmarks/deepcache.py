@@ -35,12 +35,15 @@ def bench_deepcache(opts: DeepCacheBenchOptions, log: Callable = print,
     """The report; ``done`` is called with it after each backend."""
     folder = opts.export(log, deep_cache=True)
     report = opts.report() | {"flops": _flops(folder, opts), "backends": {}}
+    from ..runtime import Pipeline
+
     for i, backend in enumerate(opts.backends):
-        log(f"{backend}: requests at DeepCache intervals {', '.join(map(str, opts.intervals))}")
-        report["backends"][backend] = _timings(folder, backend, opts)
-        if i == 0:
-            log(f"{backend}: the images of each interval against interval 1's")
-            report["quality"] = _quality(folder, backend, opts) | {"backend": backend}
+        with Pipeline.load(folder, backend) as pipe:
+            log(f"{backend}: requests at DeepCache intervals {', '.join(map(str, opts.intervals))}")
+            report["backends"][backend] = _timings(pipe, opts)
+            if i == 0:
+                log(f"{backend}: the images of each interval against interval 1's")
+                report["quality"] = _quality(pipe, opts) | {"backend": backend}
         done(report)
     return report
 
@@ -61,32 +64,26 @@ def _kwargs(opts: DeepCacheBenchOptions) -> dict:
                 guidance_scale=opts.guidance)
 
 
-def _timings(folder, backend: str, opts: DeepCacheBenchOptions) -> dict:
-    from ..runtime import Pipeline
+def _timings(pipe, opts: DeepCacheBenchOptions) -> dict:
+    def request(interval: int):
+        def run():
+            result = pipe(PROMPTS[0], **_kwargs(opts), seed=0, deepcache_interval=interval)
+            return {"denoise": result.timings["denoise"], "total": sum(result.timings.values())}
+        return run
 
-    with Pipeline.load(folder, backend) as pipe:
-        def request(interval: int):
-            def run():
-                result = pipe(PROMPTS[0], **_kwargs(opts), seed=0, deepcache_interval=interval)
-                return {"denoise": result.timings["denoise"], "total": sum(result.timings.values())}
-            return run
-
-        stats = interleaved({str(n): request(n) for n in opts.intervals}, opts.warmup, opts.repeats)
+    stats = interleaved({str(n): request(n) for n in opts.intervals}, opts.warmup, opts.repeats)
     whole = stats["1"]
     return {"seconds": {n: {k: s.to_json() for k, s in values.items()} for n, values in stats.items()},
             "speedup": {n: {k: whole[k].median / s.median for k, s in values.items()} for n, values in stats.items()}}
 
 
-def _quality(folder, backend: str, opts: DeepCacheBenchOptions) -> dict:
+def _quality(pipe, opts: DeepCacheBenchOptions) -> dict:
     """Per interval: PSNR against interval 1 (worst, median) and, on shapes, the check prompts read right."""
-    from ..runtime import Pipeline
-
     is_shapes = opts.model == "shapes"
     prompts = [shapes.caption(*t) for t in shapes.CHECKS] if is_shapes else list(PROMPTS)
     out = {}
-    with Pipeline.load(folder, backend) as pipe:
-        images = {n: [np.asarray(pipe(p, **_kwargs(opts), seed=1 + k, deepcache_interval=n).images[0])
-                      for k, p in enumerate(prompts)] for n in opts.intervals}
+    images = {n: [np.asarray(pipe(p, **_kwargs(opts), seed=1 + k, deepcache_interval=n).images[0])
+                  for k, p in enumerate(prompts)] for n in opts.intervals}
     for n, drawn in images.items():
         scores = [psnr(a, b) for a, b in zip(drawn, images[1])]
         row = {"psnr_db_worst": min(scores), "psnr_db_median": float(np.median(scores))}
