@@ -36,7 +36,7 @@ class DeepCache:
     def run(self, i: int, feeds: dict[str, np.ndarray], residuals: dict[str, np.ndarray]) -> np.ndarray:
         if self.interval == 1:
             return self.backend.run(UNET.name, feeds | residuals)["noise_pred"]
-        if i % self.interval == 0 or self.features is None:
+        if i % self.interval == 0:  # step 0 among them: the loop starts with features
             out = self.backend.run(UNET.name, feeds | residuals)
             self.features = out[UNET_SHALLOW.FEATURES].copy()  # a backend may reuse its output buffers
             return out["noise_pred"]
