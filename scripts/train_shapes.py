@@ -193,6 +193,17 @@ def timed_loop(name: str, cap_s: float, step_fn, optimizer, base_lr: float, warm
     return step, seconds, losses
 
 
+def optimizer_step(opt, loss, params, max_norm: float = 1.0) -> float:
+    """Backpropagate ``loss``, clip the gradients of ``params`` to ``max_norm`` and step; the loss as a number."""
+    import torch
+
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, max_norm)
+    opt.step()
+    return loss.item()
+
+
 def loop_summary(steps: int, seconds: float, losses: list[float], batch_size: int, params) -> dict:
     """What a model card says of an add-on's training loop."""
     return {"steps": steps, "seconds": round(seconds, 1), "batch_size": batch_size,

@@ -31,7 +31,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_shapes import (REPO, Log, batches, encode_latents, frozen_shapes, loop_summary, machine_info,  # noqa: E402
-                          min_snr_schedule, timed_loop, to_tensor)
+                          optimizer_step, min_snr_schedule, timed_loop, to_tensor)
 
 from sdrt import shapes  # noqa: E402
 
@@ -104,11 +104,7 @@ def train(pipe, controlnet, lat_mean, lat_std, silhouettes: np.ndarray, captions
         down, mid = controlnet(noisy, t, text, control[idx], return_dict=False)
         pred = unet(noisy, t, text, down_block_additional_residuals=down, mid_block_additional_residual=mid).sample
         loss = (weights[t] * (pred - noise).pow(2).mean(dim=(1, 2, 3))).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        return loss.item()
+        return optimizer_step(opt, loss, params)
 
     steps, seconds, losses = timed_loop("controlnet", args.minutes * 60, step, opt, args.lr, args.warmup_steps, log)
     controlnet.eval()

@@ -33,7 +33,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_shapes import (Log, batches, encode_latents, frozen_shapes, loop_summary, machine_info,  # noqa: E402
-                          timed_loop)
+                          optimizer_step, timed_loop)
 from train_shapes_lora import SHIP_DIR, write_lora  # noqa: E402
 
 from sdrt import shapes  # noqa: E402
@@ -144,11 +144,7 @@ def train(pipe, lat_mean, lat_std, captions: list[str], args, log: Log, rng: np.
             x_prev = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps
             target = consistency(x_prev, t_prev, cond)
         loss = (((student - target) ** 2 + HUBER_C**2).sqrt() - HUBER_C).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        return loss.item()
+        return optimizer_step(opt, loss, params)
 
     steps, seconds, losses = timed_loop("lcm", args.minutes * 60, step, opt, args.lr, args.warmup_steps, log)
     unet.eval()

@@ -29,7 +29,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_shapes import (REPO, Log, batches, encode_latents, frozen_shapes, loop_summary, machine_info,  # noqa: E402
-                          min_snr_schedule, timed_loop)
+                          optimizer_step, min_snr_schedule, timed_loop)
 
 from sdrt import shapes  # noqa: E402
 
@@ -104,11 +104,7 @@ def train(pipe, lat_mean, lat_std, captions: list[str], args, log: Log, rng: np.
         t = torch.randint(0, schedule.config.num_train_timesteps, (len(idx),))
         pred = unet(schedule.add_noise(z, noise, t), t, text_encoder(ids[caps])[0]).sample
         loss = (weights[t] * (pred - noise).pow(2).mean(dim=(1, 2, 3))).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        return loss.item()
+        return optimizer_step(opt, loss, params)
 
     steps, seconds, losses = timed_loop("lora", args.minutes * 60, step, opt, args.lr, args.warmup_steps, log)
     unet.eval()
