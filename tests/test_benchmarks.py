@@ -120,12 +120,21 @@ def test_bench_cli_refuses_unknown_backend(tmp_path):
 
 def test_bench_one_backend_at_a_time_keeps_parity(export_dir, tmp_path):
     # for models two backends cannot hold at once: each loaded, run and closed before the next
-    opts = BenchOptions(models=(str(export_dir("tiny-sdxl")),), sizes=(64,), steps=2, warmup=0, repeats=1,
-                        peak_sizes=(256,), probes=False, one_at_a_time=True, work_dir=tmp_path / "work")
+    # and OpenVINO's rows say which kernels its U-Net ran on, as the peak's do
+    opts = BenchOptions(models=(str(export_dir("tiny-sdxl")),), backends=("torch", "onnxruntime", "openvino"),
+                        sizes=(64,), steps=2, warmup=0, repeats=1, peak_sizes=(256,), probes=False, one_at_a_time=True,
+                        work_dir=tmp_path / "work")
     report, images = run_bench(opts, log=lambda msg: None)
-    ort = report["models"][0]["configs"][0]["backends"]["onnxruntime"]
-    assert ort["parity"]["passed"] and ort["parity"]["psnr_db"] > 40 and report["options"]["one_at_a_time"]
-    assert "one after the other" in write_report(report, images, tmp_path / "report").read_text()
+    backends = report["models"][0]["configs"][0]["backends"]
+    for name in ("onnxruntime", "openvino"):
+        assert backends[name]["parity"]["passed"] and backends[name]["parity"]["psnr_db"] > 40
+    assert report["options"]["one_at_a_time"] and "unet_kernels" not in backends["onnxruntime"]
+    kernels = backends["openvino"]["unet_kernels"]
+    assert sum(kernels.values()) >= 20 and all(k.endswith("_f32") for k in kernels)
+    assert report["peak"]["kernels_fp32"]  # OpenVINO's fp32 GEMM (and bf16, int8 where the CPU has them)
+    text = write_report(report, images, tmp_path / "report").read_text()
+    assert "one after the other" in text and f"- openvino: {next(iter(kernels))} ×" in text
+    assert "OpenVINO ran the peak's products on fp32: " in text
 
 
 def test_controlnet_bench_splits_the_step_and_counts_both_graphs(export_dir, tmp_path):

@@ -8,6 +8,9 @@ import torch
 
 pytest.importorskip("openvino", reason="the openvino extra is not installed")
 
+from sdrt.benchmarks.kernels import amx_share, kernel_mix  # noqa: E402
+from sdrt.benchmarks.peak import openvino_kernels  # noqa: E402
+from sdrt.cpu import cpu_flags  # noqa: E402
 from sdrt.errors import BackendError  # noqa: E402
 from sdrt.export.graphs import Shape, component_graphs  # noqa: E402
 from sdrt.families import FAMILIES  # noqa: E402
@@ -60,6 +63,30 @@ def _check_graphs_against_pytorch(backend, reference_pipeline, tolerance: str) -
 @pytest.mark.parametrize("precision", ["fp32", pytest.param("bf16", marks=needs_bf16)])
 def test_every_graph_matches_pytorch(loaded, reference_pipeline, precision):
     _check_graphs_against_pytorch(loaded[0][precision], reference_pipeline, precision)
+
+
+HAS_AMX_BF16 = "amx_bf16" in cpu_flags()  # Sapphire Rapids class and newer
+
+
+@pytest.mark.parametrize("precision", ["fp32", pytest.param("bf16", marks=needs_bf16)])
+def test_unet_computes_in_the_precision_asked_and_on_amx_where_present(loaded, precision):
+    """OpenVINO's own kernel names for every convolution and product of the compiled U-Net: all of them in the
+    precision asked for (bf16 is a hint OpenVINO may decline per layer), and on AMX tiles where the CPU has them."""
+    mix = kernel_mix(loaded[0][precision].compiled_model("unet"))
+    assert sum(mix.values()) >= 20, mix  # tiny's U-Net: 8 convolutions and 20-odd linear layers at least
+    suffix = {"fp32": "_f32", "bf16": "_bf16"}[precision]
+    assert all(kernel.endswith(suffix) for kernel in mix), mix
+    # where AMX is present some of tiny's small layers may still take AVX-512 kernels: AMX must carry some
+    assert (amx_share(mix) > 0) == (precision == "bf16" and HAS_AMX_BF16), mix
+
+
+@needs_bf16
+def test_peak_kernels_are_the_precision_measured():
+    """The GEMM peak's products run on the kernels of the precision they stand for (int8: VNNI or AMX-INT8)."""
+    assert all(k.endswith("_bf16") for k in openvino_kernels("bf16"))
+    assert all(k.lower().endswith("_i8") for k in openvino_kernels("int8"))
+    if HAS_AMX_BF16:
+        assert amx_share(openvino_kernels("bf16")) == amx_share(openvino_kernels("int8")) == 1.0
 
 
 def test_images_match_diffusers(export_dir, reference_pipeline):

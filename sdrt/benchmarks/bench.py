@@ -271,6 +271,12 @@ def _schedule(n_requests: int, opts: BenchOptions) -> list[tuple[list[str], list
     return [(group, [i]) for i in every for group in groups]
 
 
+def _unet_kernels(runners: dict) -> dict[str, dict[str, int]]:
+    """The U-Net's matrix kernels of each runner that can say (sdrt's OpenVINO backends)."""
+    mixes = {name: r.unet_kernels() for name, r in runners.items() if isinstance(r, SdrtRunner)}
+    return {name: mix for name, mix in mixes.items() if mix}
+
+
 def bench_model(folder: Path, manifest, opts: BenchOptions, peak: dict[str, float], log: Callable
                 ) -> tuple[list[dict], dict]:
     """Every config of one model: its rows, and the images of each config's last run by backend (see
@@ -279,6 +285,7 @@ def bench_model(folder: Path, manifest, opts: BenchOptions, peak: dict[str, floa
     stats: list[dict] = [{} for _ in requests]
     outputs: list[dict] = [{} for _ in requests]
     first_images: list[dict] = [{} for _ in requests]  # peers' time to first image and memory, from their workers
+    kernels: list[dict] = [{} for _ in requests]  # OpenVINO backends: the U-Net's matrix kernels, as it ran
     devices: dict[str, str] = {}
     peers, not_run = _prepare_peers(manifest, opts, log)  # not_run: backend or peer -> why
     for group, indices in _schedule(len(requests), opts):
@@ -300,6 +307,7 @@ def bench_model(folder: Path, manifest, opts: BenchOptions, peak: dict[str, floa
                 s, out = _measure(runners, requests[i], opts, log)
                 stats[i].update(s)
                 outputs[i].update(out)
+                kernels[i].update(_unet_kernels(runners))
         finally:
             for name, r in runners.items():
                 r.close()
@@ -309,9 +317,11 @@ def bench_model(folder: Path, manifest, opts: BenchOptions, peak: dict[str, floa
             gc.collect()  # the torch runner's timing wrappers make reference cycles; free its GBs now
     configs = [bench_config(folder, manifest, r, s, o, devices, opts, peak) | {"not_run": not_run}
                for r, s, o in zip(requests, stats, outputs)]
-    for config, firsts in zip(configs, first_images):
+    for config, firsts, mixes in zip(configs, first_images, kernels):
         for name, first in firsts.items():
             config["backends"][name]["first_image"] = first
+        for name, mix in mixes.items():
+            config["backends"][name]["unet_kernels"] = mix
     images = {(r.height, r.batch): {name: out.images[0] for name, out in o.items()} for r, o in zip(requests, outputs)}
     return configs, images
 

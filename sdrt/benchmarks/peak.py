@@ -12,6 +12,7 @@ from typing import Callable
 
 import numpy as np
 
+from .kernels import kernel_mix
 from .stats import Stats
 
 
@@ -49,9 +50,10 @@ def onnxruntime_gemm(n: int, repeats: int) -> Stats:
     return _rate(lambda: session.run(None, feeds), 2.0 * n**3, repeats)
 
 
-def openvino_gemm(n: int, repeats: int, precision: str = "fp32", chain: int = 4) -> Stats:
-    """``chain`` MatMuls by constant weights (as a network's layers: weights packed once, in bf16 where asked),
-    compiled by OpenVINO for the CPU; the chain spreads the input's conversion over several products."""
+def _openvino_chain(n: int, precision: str, chain: int):
+    """``chain`` [n, n] MatMuls by constant weights (as a network's layers: weights packed once), compiled by
+    OpenVINO for the CPU in ``precision``. int8: each product's input through a FakeQuantize and int8 weights
+    with a per-row scale, the pattern NNCF writes, which OpenVINO runs as an int8 GEMM (VNNI or AMX-INT8)."""
     import openvino as ov
     from openvino import opset13 as ops
 
@@ -59,37 +61,58 @@ def openvino_gemm(n: int, repeats: int, precision: str = "fp32", chain: int = 4)
     x = ops.parameter([n, n], ov.Type.f32, name="x")
     y = x
     for _ in range(chain):
-        y = ops.matmul(y, ops.constant((rng.standard_normal((n, n)) / np.sqrt(n)).astype(np.float32)), False, False)
-    hint = {"fp32": "f32", "bf16": "bf16"}[precision]
-    compiled = ov.Core().compile_model(ov.Model([y], [x], "gemm"), "CPU", {"INFERENCE_PRECISION_HINT": hint})
+        if precision == "int8":
+            bound = [ops.constant(np.float32(v)) for v in (-4.0, 4.0)]
+            y = ops.fake_quantize(y, *bound, *bound, 256)
+            codes = ops.constant(rng.integers(-127, 128, (n, n)).astype(np.int8))
+            weights = ops.multiply(ops.convert(codes, ov.Type.f32), ops.constant(np.float32(1 / (127 * np.sqrt(n)))))
+        else:
+            weights = ops.constant((rng.standard_normal((n, n)) / np.sqrt(n)).astype(np.float32))
+        y = ops.matmul(y, weights, False, False)
+    hint = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}[precision]  # int8: the quantized products are int8 either way
+    return ov.Core().compile_model(ov.Model([y], [x], "gemm"), "CPU", {"INFERENCE_PRECISION_HINT": hint})
+
+
+def openvino_gemm(n: int, repeats: int, precision: str = "fp32", chain: int = 4) -> Stats:
+    """OpenVINO's rate on a chain of products (the chain spreads the input's conversion over several)."""
+    compiled = _openvino_chain(n, precision, chain)
     request = compiled.create_infer_request()
-    feed = [rng.standard_normal((n, n), dtype=np.float32)]
+    feed = [np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)]
     return _rate(lambda: request.infer(feed), chain * 2.0 * n**3, repeats)
 
 
-def _has_bf16() -> bool:
+def openvino_kernels(precision: str) -> dict[str, int]:
+    """The kernels OpenVINO picks for the peak's products in ``precision`` (what the peak was measured on)."""
+    return kernel_mix(_openvino_chain(256, precision, 1))
+
+
+def _has(capability: str) -> bool:
+    """Whether OpenVINO's CPU plugin offers ``capability`` ("BF16", "INT8") on this machine."""
     try:
         import openvino as ov
     except ImportError:
         return False
-    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    return capability in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
 def measure_peak(sizes: tuple[int, ...] = (1024, 2048, 4096), repeats: int = 5) -> dict:
     """GEMM FLOP/s of each library at each square size (best of ``repeats``) and the best of all, per precision:
-    the peaks that backends' fractions refer to (fp32; bf16 where the CPU and OpenVINO have it). The best size
-    differs between libraries and machines, hence the sweep."""
+    the peaks that backends' fractions refer to (fp32; bf16 and int8 — operations per second — where the CPU and
+    OpenVINO have them), with the kernels OpenVINO ran them on. The best size differs between libraries and
+    machines, hence the sweep."""
     gemms = {"numpy": numpy_gemm, "onnxruntime": onnxruntime_gemm}
     if importlib.util.find_spec("openvino") is not None:
         gemms["openvino"] = openvino_gemm
     result = {}
-    for precision in ("fp32", "bf16"):
-        if precision == "bf16":
-            if not _has_bf16():
-                break
-            gemms = {"openvino": lambda n, r: openvino_gemm(n, r, "bf16")}
+    for precision in ("fp32", "bf16", "int8"):
+        if precision != "fp32":
+            if not _has(precision.upper()):
+                continue
+            gemms = {"openvino": lambda n, r, p=precision: openvino_gemm(n, r, p)}
         rates = {f"{name} {n}": gemm(n, repeats) for name, gemm in gemms.items() for n in sizes}
         best = max(rates, key=lambda k: rates[k].max)
         result[precision] = {k: v.to_json() for k, v in rates.items()}
         result[f"peak_{precision}"], result[f"peak_{precision}_from"] = rates[best].max, best
+        if "openvino" in gemms:
+            result[f"kernels_{precision}"] = openvino_kernels(precision)
     return result

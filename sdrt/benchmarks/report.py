@@ -10,6 +10,7 @@ import numpy as np
 from ..fileio import atomic_path, write_json, write_text
 from . import metrics
 from .bench import REFERENCE
+from .kernels import describe_mix
 
 STAGE_COLOURS = {"text_encoder": "#4c72b0", "unet": "#dd8452", "vae_decoder": "#55a868", "overhead": "#8c8c8c"}
 DIFF_GAIN = 10
@@ -49,7 +50,9 @@ def markdown(report: dict) -> str:
         f"Machine GEMM peak, the best any installed library reaches over 1024–4096² matrices: fp32 "
         f"{p['peak_fp32'] / 1e9:,.0f} GFLOP/s ({p['peak_fp32_from']})"
         + (f", bf16 {p['peak_bf16'] / 1e9:,.0f} GFLOP/s ({p['peak_bf16_from']})" if "peak_bf16" in p else "")
-        + "; each backend's fraction is of the peak of the precision it computes in.",
+        + (f", int8 {p['peak_int8'] / 1e9:,.0f} GOP/s ({p['peak_int8_from']})" if "peak_int8" in p else "")
+        + "; each backend's fraction is of the peak of the precision it computes in (`:w8a8`, int8 convolutions "
+        "beside bf16 products: of the bf16 peak)." + _peak_kernels(p),
     ]
     for entry in report["models"]:
         e = entry["export"]
@@ -82,6 +85,10 @@ def markdown(report: dict) -> str:
                 )
             for name, why in c.get("not_run", {}).items():
                 lines.append(f"| {name} | not run: {why} |" + " |" * 11)
+            kernels = {n: b["unet_kernels"] for n, b in c["backends"].items() if "unet_kernels" in b}
+            if kernels:
+                lines += ["", "U-Net matrix kernels (OpenVINO's runtime graph: convolutions, linear layers, attention):"]
+                lines += [f"- {name}: {describe_mix(mix)}" for name, mix in kernels.items()]
             parity = {n: b["parity"] for n, b in c["backends"].items() if b.get("parity")}
             if parity:
                 lines += ["", "| backend | final latents rel. error | PSNR | SSIM | max pixel diff | held to | result |",
@@ -113,6 +120,13 @@ def markdown(report: dict) -> str:
               "for `torch` it is diffusers' own. Time to first image counts imports, loading and one run in a fresh "
               "process; peak memory is that process's peak resident set (host memory only)."]
     return "\n".join(lines) + "\n"
+
+
+def _peak_kernels(peak: dict) -> str:
+    mixes = {p: peak[f"kernels_{p}"] for p in ("fp32", "bf16", "int8") if f"kernels_{p}" in peak}
+    if not mixes:
+        return ""
+    return " OpenVINO ran the peak's products on " + "; ".join(f"{p}: {describe_mix(m)}" for p, m in mixes.items()) + "."
 
 
 def _peers_summary(report: dict) -> list[str]:

@@ -16,6 +16,7 @@ import numpy as np
 
 from ..components import TEXT_ENCODER, UNET, VAE_DECODER, describe
 from ..runtime.schedulers import diffusers_equivalent, model_sampler
+from .kernels import kernel_mix
 
 STAGES = (TEXT_ENCODER.stage, UNET.stage, VAE_DECODER.stage)
 
@@ -102,6 +103,11 @@ class SdrtRunner:
         total = time.perf_counter() - t0
         images = np.stack([np.asarray(im) for im in result.images])
         return Output(result.latents, images, self.timer.summary(total))
+
+    def unet_kernels(self) -> dict[str, int] | None:
+        """OpenVINO's kernels for the U-Net as it last ran (None on the other backends)."""
+        compiled = getattr(self.pipe.backend, "compiled_model", lambda _: None)(UNET.name)
+        return None if compiled is None else kernel_mix(compiled)
 
     def close(self) -> None:
         self.pipe.close()

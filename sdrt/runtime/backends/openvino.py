@@ -245,6 +245,12 @@ class OpenVinoBackend(Backend):
         self.cache[name] = "miss"
         return compiled
 
+    def compiled_model(self, component: str):
+        """The OpenVINO CompiledModel ``component`` last ran on, or None before its first compile (sdrt bench reads
+        which kernels it runs)."""
+        requests = [request for (name, _), (request, _) in self._compiled.items() if name == component]
+        return requests[-1].get_compiled_model() if requests else None
+
     def run_impl(self, component: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         request, outputs = self._get(component, {k: v.shape for k, v in feeds.items()} if self.static_shapes else None)
         results = request.infer(feeds)
