@@ -40,7 +40,6 @@ class Family:
     size_range: tuple[int, int]  # image sides the export declares (pixels)
     exportable: bool  # whether `sdrt export` supports the family yet
     denoiser: Literal["unet", "transformer"] = "unet"  # the pipeline's denoising network (exported as ``unet``)
-    lora: bool = True  # whether the export has LoRA sites (the LoRA formats sdrt reads are for U-Net families)
     t5_tokens: int = 256  # T5's sequence length (diffusers' max_sequence_length)
     default_guidance: float = 7.5  # the pipeline's guidance_scale unless given (Flux: its distilled guidance)
     linear_sigmas: bool = False  # a flow schedule spaced as linspace(1, 1/n, n) before the shift (Flux's pipeline)
@@ -93,7 +92,6 @@ FAMILIES: dict[str, Family] = {
         (256, 1536),
         True,
         denoiser="transformer",
-        lora=False,
         default_guidance=7.0,
     ),
     # Flux.1: an MMDiT on T5's hidden states and CLIP-L's pooled output; latents packed 2×2 (in the graph), rotary
@@ -111,7 +109,6 @@ FAMILIES: dict[str, Family] = {
         (256, 1536),
         True,
         denoiser="transformer",
-        lora=False,
         t5_tokens=512,
         default_guidance=3.5,
         linear_sigmas=True,

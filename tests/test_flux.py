@@ -8,14 +8,13 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from sdrt.errors import UserInputError
 from sdrt.manifest import load_manifest
 from sdrt.runtime import Pipeline
 
 from parity_helpers import assert_matches
-from transformer_variants import assert_fp16_export_close, assert_openvino_matches, variant_folder
+from transformer_variants import assert_fp16_export_close, assert_openvino_matches, diffusers_flux, variant_folder
 
 PROMPTS = ["a red circle on a blue background", "a green square"]
 KW = dict(num_inference_steps=4, height=64, width=96, guidance_scale=3.5)
@@ -35,14 +34,7 @@ def reference(reference_pipeline):
 
 
 def _diffusers(pipe, seed: int, **kwargs):
-    with torch.no_grad():
-        packed = pipe(generator=torch.Generator().manual_seed(seed), output_type="latent", **{**KW, **kwargs}).images
-        latents = pipe._unpack_latents(packed, kwargs.get("height", KW["height"]), kwargs.get("width", KW["width"]),
-                                       pipe.vae_scale_factor)
-        image = pipe.vae.decode(latents / pipe.vae.config.scaling_factor + pipe.vae.config.shift_factor,
-                                return_dict=False)[0]
-    images = (pipe.image_processor.postprocess(image, output_type="np") * 255).round().astype(np.uint8)
-    return latents.numpy(), images
+    return diffusers_flux(pipe, seed, **{**KW, **kwargs})
 
 
 def test_export_describes_the_transformer(export_dir):
@@ -102,7 +94,7 @@ def test_mistakes_are_refused(flux, export_dir):
         flux(PROMPTS[0], scheduler="Euler a", **KW)
     with pytest.raises(UserInputError, match="prompt_3 and negative_prompt_3 are for models with a third text encoder"):
         flux(PROMPTS[0], prompt_3="a cat", **KW)
-    with pytest.raises(UserInputError, match="does not apply LoRAs to Flux"):
+    with pytest.raises(UserInputError, match="no LoRA named 'style'"):
         flux(PROMPTS[0] + " <lora:style:0.5>", **KW)
     with Pipeline.load(export_dir("tiny-sd3")) as sd3, pytest.raises(UserInputError, match="true_cfg_scale is for"):
         sd3(PROMPTS[0], true_cfg_scale=2.0, **KW)

@@ -11,7 +11,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from sdrt.errors import UserInputError
@@ -19,12 +18,11 @@ from sdrt.manifest import load_manifest
 from sdrt.runtime import Pipeline
 
 from parity_helpers import assert_matches
-from transformer_variants import assert_fp16_export_close, assert_openvino_matches
+from transformer_variants import assert_fp16_export_close, assert_openvino_matches, diffusers_sd3
 
 PROMPTS = ["a red circle on a blue background", "a green square"]
 NEGATIVES = ["", "blurry"]
 KW = dict(num_inference_steps=4, height=64, width=96, guidance_scale=5.0)
-DIFFUSERS = {"euler": "FlowMatchEulerDiscreteScheduler", "heun": "FlowMatchHeunDiscreteScheduler"}
 
 
 @pytest.fixture(scope="module")
@@ -41,17 +39,7 @@ def reference(reference_pipeline):
 
 
 def _diffusers(pipe, sampler: str, seed: int, **kwargs):
-    import diffusers
-
-    scheduler = getattr(diffusers, DIFFUSERS[sampler]).from_config(pipe.scheduler.config)
-    pipe = type(pipe)(**{**pipe.components, "scheduler": scheduler})  # the shared pipeline keeps its own
-    pipe.set_progress_bar_config(disable=True)
-    with torch.no_grad():
-        out = pipe(generator=torch.Generator().manual_seed(seed), output_type="latent", **{**KW, **kwargs}).images
-        latents = out / pipe.vae.config.scaling_factor + pipe.vae.config.shift_factor
-        image = pipe.vae.decode(latents, return_dict=False)[0]
-    images = (pipe.image_processor.postprocess(image, output_type="np") * 255).round().astype(np.uint8)
-    return out.numpy(), images
+    return diffusers_sd3(pipe, sampler, seed, **{**KW, **kwargs})
 
 
 def test_export_describes_the_transformer_and_t5(export_dir):
@@ -62,7 +50,9 @@ def test_export_describes_the_transformer_and_t5(export_dir):
     assert unet.input("pooled_projections").shape == ("2B", 64)
     assert m.latent_channels == 16 and m.vae_shift_factor == pytest.approx(0.0609)
     assert m.size_multiple == 16 and m.tokenizers["tokenizer_3"].model_max_length == 256
-    assert not any("lora" in t.name for spec in m.components.values() for t in spec.inputs)
+    # LoRA sites on the CLIP encoders and the transformer, none on T5 (tests/test_transformer_lora.py)
+    with_sites = {name for name, spec in m.components.items() if any(t.name.endswith(".lora_up") for t in spec.inputs)}
+    assert with_sites == {"text_encoder", "text_encoder_2", "unet"}
 
 
 @pytest.mark.parametrize("sampler, prompts", [("euler", {}), ("heun", {"prompt_2": ["a blue star", "a dog"],

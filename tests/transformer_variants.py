@@ -8,6 +8,36 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import torch
+
+SD3_SAMPLERS = {"euler": "FlowMatchEulerDiscreteScheduler", "heun": "FlowMatchHeunDiscreteScheduler"}
+
+
+def diffusers_flux(pipe, seed: int, **kwargs) -> tuple[np.ndarray, np.ndarray]:
+    """diffusers' FluxPipeline (or its img2img) from a seed: final latents (unpacked) and 8-bit images."""
+    with torch.no_grad():
+        packed = pipe(generator=torch.Generator().manual_seed(seed), output_type="latent", **kwargs).images
+        latents = pipe._unpack_latents(packed, kwargs["height"], kwargs["width"], pipe.vae_scale_factor)
+        image = pipe.vae.decode(latents / pipe.vae.config.scaling_factor + pipe.vae.config.shift_factor,
+                                return_dict=False)[0]
+    images = (pipe.image_processor.postprocess(image, output_type="np") * 255).round().astype(np.uint8)
+    return latents.numpy(), images
+
+
+def diffusers_sd3(pipe, sampler: str, seed: int, **kwargs) -> tuple[np.ndarray, np.ndarray]:
+    """diffusers' StableDiffusion3 pipeline (or its img2img) with the flow ``sampler``, from a seed: final latents
+    and 8-bit images."""
+    import diffusers
+
+    scheduler = getattr(diffusers, SD3_SAMPLERS[sampler]).from_config(pipe.scheduler.config)
+    pipe = type(pipe)(**{**pipe.components, "scheduler": scheduler})  # the shared pipeline keeps its own
+    pipe.set_progress_bar_config(disable=True)
+    with torch.no_grad():
+        out = pipe(generator=torch.Generator().manual_seed(seed), output_type="latent", **kwargs).images
+        latents = out / pipe.vae.config.scaling_factor + pipe.vae.config.shift_factor
+        image = pipe.vae.decode(latents, return_dict=False)[0]
+    images = (pipe.image_processor.postprocess(image, output_type="np") * 255).round().astype(np.uint8)
+    return out.numpy(), images
 
 
 def variant_folder(arch: str, tmp: Path, edits: dict[str, dict]) -> tuple[Path, object]:

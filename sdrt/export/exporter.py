@@ -211,7 +211,6 @@ def _export(model: str, out: Path, fp16: bool, allow_pickle: bool, arch: str | N
         raise ExportError(f"--deepcache reuses a U-Net's deep features; {family.description} has a transformer. "
                           "Export it without --deepcache.")
     precision = "fp16" if fp16 else "fp32"
-    lora = lora and family.lora
 
     facts = _model_facts(pipe, family)
     tmp = _prepare_output(out)

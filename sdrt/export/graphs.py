@@ -12,6 +12,7 @@ import torch
 from ..components import (UNET, UNET_SHALLOW, VAE_DECODER, VAE_ENCODER, WINDOW, ControlNet, Denoiser, TextEncoder,
                           VaeDecoder, VaeEncoder, is_residual, level_sides, residual_specs)
 from ..families import Family, TextEncoderSpec
+from ..lora.sites import is_factor
 from ..manifest import TensorSpec
 from . import deepcache, lora_sites
 
@@ -42,7 +43,18 @@ class ComponentGraph:
     fp32_always: bool = False  # kept in fp32 by --fp16 as a whole (T5 overflows in fp16)
 
     def dynamic_axes(self) -> dict[str, dict[int, str]]:
-        return {t.name: {i: d for i, d in enumerate(t.shape) if isinstance(d, str)} for t in self.inputs + self.outputs}
+        return {t.name: {i: _onnx_axis(t.name, d) for i, d in enumerate(t.shape) if isinstance(d, str)}
+                for t in self.inputs + self.outputs}
+
+
+def _onnx_axis(tensor: str, axis: str) -> str:
+    """The graph's name of a dynamic axis: the manifest's, but each LoRA site's rank an axis of its own. ONNX Runtime
+    plans its buffers by these names, and sites differ in rank (a LoRA's layers; rank-1 zeros elsewhere): one shared
+    name let it reuse a rank-1 buffer for a rank-4 branch (Flux's guidance embedder, "Shape mismatch attempting to
+    re-use buffer")."""
+    if axis == lora_sites.RANK and is_factor(tensor):
+        return tensor.rsplit(".", 1)[0] + "." + axis
+    return axis
 
 
 class TokenTable(torch.nn.Module):
@@ -176,7 +188,7 @@ def component_graphs(pipe, family: Family, lora: bool = True, deep_cache: bool =
     if family.denoiser == "transformer":
         from .transformer_graphs import transformer_family_graphs
 
-        return transformer_family_graphs(pipe, family)
+        return transformer_family_graphs(pipe, family, lora)
     unet = pipe.unet
     channels = unet.config.in_channels
     scale = vae_scale(pipe.vae)

@@ -17,7 +17,7 @@ from diffusers.models.transformers import transformer_flux
 from ..components import T5_ENCODER, UNET, WINDOW, Denoiser, T5Encoder
 from ..families import Family
 from ..manifest import TensorSpec
-from .graphs import ComponentGraph, Shape, text_encoder_graph, vae_graphs
+from .graphs import ComponentGraph, Shape, text_encoder_graph, vae_graphs, with_lora_sites
 
 
 class Sd3TransformerGraph(torch.nn.Module):
@@ -163,13 +163,14 @@ def flux_denoiser_graph(transformer: torch.nn.Module, length: int) -> ComponentG
                                        "/transformer/pos_embed/"), latent_multiple=2)
 
 
-def transformer_family_graphs(pipe, family: Family) -> list[ComponentGraph]:
+def transformer_family_graphs(pipe, family: Family, lora: bool = True) -> list[ComponentGraph]:
     """SD 3's and Flux's graphs: the CLIP encoders (SD 3: penultimate states and pooled; Flux: pooled), T5 (where the
-    pipeline has it), the VAE's, the transformer last."""
-    graphs = [text_encoder_graph(pipe, spec, lora=False) for spec in family.text_encoders
+    pipeline has it), the VAE's, the transformer last. ``lora``: LoRA sites on the CLIP encoders and on every linear
+    layer (and SD 3's patch convolution) of the transformer; T5 gets none (LoRAs for it are rare)."""
+    graphs = [text_encoder_graph(pipe, spec, lora) for spec in family.text_encoders
               if spec.kind == "clip" and getattr(pipe, spec.component, None) is not None]
     graphs += [t5_graph(getattr(pipe, spec.component), spec.component, family.t5_tokens)
                for spec in family.text_encoders if spec.kind == "t5" and getattr(pipe, spec.component, None) is not None]
     denoiser = flux_denoiser_graph(pipe.transformer, family.t5_tokens) if family.name == "flux" else \
         sd3_denoiser_graph(pipe.transformer, family.t5_tokens)
-    return graphs + vae_graphs(pipe.vae) + [denoiser]
+    return graphs + vae_graphs(pipe.vae) + [with_lora_sites(denoiser, pipe.transformer) if lora else denoiser]

@@ -1,6 +1,8 @@
 """Reading a LoRA file into its layers: kohya / AUTOMATIC1111 (``lora_unet_…``, ``lora_te_…``, ``lora_te1_…``,
-``lora_te2_…`` with ``lora_down``/``lora_up``/``alpha``, LoCon convolutions included) and diffusers / PEFT
-(``unet.….lora_A.weight`` / ``lora_B.weight``, alphas in the file's ``lora_adapter_metadata``)."""
+``lora_te2_…`` with ``lora_down``/``lora_up``/``alpha``, LoCon convolutions included), diffusers / PEFT
+(``unet.…`` or, for SD 3 and Flux, ``transformer.….lora_A.weight`` / ``lora_B.weight``, alphas in the file's
+``lora_adapter_metadata``) and ComfyUI's (``diffusion_model.…`` with the original checkpoint's names).
+The denoiser is the component ``unet`` whatever its architecture (the export's contract)."""
 
 from __future__ import annotations
 
@@ -18,10 +20,13 @@ from ..fileio import load_pickle
 # key prefix -> (component, how module names are written: "kohya" underscored, "dotted")
 PREFIXES = {
     "lora_unet_": ("unet", "kohya"),
+    "lora_transformer_": ("unet", "kohya"),  # diffusers' names underscored (some Flux trainers)
     "lora_te1_": ("text_encoder", "kohya"),
     "lora_te2_": ("text_encoder_2", "kohya"),
     "lora_te_": ("text_encoder", "kohya"),
     "unet.": ("unet", "dotted"),
+    "transformer.": ("unet", "dotted"),
+    "diffusion_model.": ("unet", "dotted"),
     "text_encoder_2.": ("text_encoder_2", "dotted"),
     "text_encoder.": ("text_encoder", "dotted"),
 }
@@ -127,8 +132,8 @@ def _metadata_alphas(metadata: dict[str, str]) -> dict[str, float]:
         return {}
     out = {}
     for key, value in config.items():
-        if m := re.fullmatch(r"(unet|text_encoder|text_encoder_2)\.lora_alpha", key):
-            out[m[1]] = float(value)
+        if m := re.fullmatch(r"(unet|transformer|text_encoder|text_encoder_2)\.lora_alpha", key):
+            out["unet" if m[1] == "transformer" else m[1]] = float(value)
     return out
 
 

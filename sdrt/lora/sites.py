@@ -1,6 +1,7 @@
 """The export's LoRA sites (the ``PATH.lora_down`` / ``PATH.lora_up`` inputs of its graphs, see
 ``export/lora_sites.py``) and the names a LoRA file may give each: diffusers' module path, kohya's underscored form
-of it, and for the U-Net the original (LDM / SGM) name and its underscored form."""
+of it, and the original checkpoint's name (LDM / SGM for U-Nets, MMDiT / Flux for transformers:
+``transformer_names``) and its underscored form."""
 
 from __future__ import annotations
 
@@ -8,10 +9,13 @@ import logging
 import re
 from dataclasses import dataclass
 
+import numpy as np
+
 from ..errors import UserInputError
 from ..manifest import Manifest, TensorSpec
-from . import ldm_names
+from . import ldm_names, transformer_names
 from .files import LoraFile, LoraLayer
+from .transformer_names import Block
 
 log = logging.getLogger("sdrt")
 
@@ -55,40 +59,66 @@ def export_sites(manifest: Manifest) -> dict[str, dict[str, Site]]:
 
 
 class SiteIndex:
-    """Finds the site a LoRA file's layer names, in any of the namings it may use."""
+    """Finds the sites a LoRA file's layer names, in any of the namings it may use. A name stands for blocks
+    (``transformer_names.Block``): one site, or the parts of several where the original layer fused them."""
 
     def __init__(self, manifest: Manifest):
         self.sites = export_sites(manifest)
         self.family = manifest.family
-        self._names: dict[tuple[str, str], dict[str, str]] = {}  # (component, naming) -> name -> path
+        self._names: dict[tuple[str, str], dict[str, list[Block]]] = {}  # (component, naming) -> name -> blocks
         for component, sites in self.sites.items():
-            other_names = _ldm_names if component == "unet" else _text_model_names
-            dotted = {}
-            for path, other in zip(sites, other_names(list(sites))):
-                dotted[path] = path
-                if other is not None:
-                    dotted[other] = path
+            dotted = _other_names(self.family, component, list(sites)) | {path: [(path, 0, 1)] for path in sites}
             self._names[(component, "dotted")] = dotted
-            self._names[(component, "kohya")] = {name.replace(".", "_"): path for name, path in dotted.items()}
+            self._names[(component, "kohya")] = {name.replace(".", "_"): blocks for name, blocks in dotted.items()}
 
     def match(self, lora: LoraFile) -> dict[tuple[str, str], LoraLayer]:
         """(component, path) -> the layer of ``lora`` that changes it; a clear error where the file does not fit."""
         matched, missed = {}, []
         for (component, naming, name), layer in lora.layers.items():
-            path = self._names.get((component, naming), {}).get(name)
-            if path is None:
+            blocks = self._names.get((component, naming), {}).get(name)
+            if blocks is None:
                 missed.append(f"{component}: {name}")
                 continue
-            _check_fit(lora, self.sites[component][path], layer)
-            matched[(component, path)] = layer
+            for path, part in _split(lora, layer, blocks, self.sites[component]).items():
+                _check_fit(lora, self.sites[component][path], part)
+                matched[(component, path)] = part
         if not matched:
             raise UserInputError(
                 f"LoRA {lora.path.name} fits none of this model's layers (e.g. {missed[0]}); it is for another model "
                 f"family or architecture than this export ({self.family})")
         if missed:
             log.warning("LoRA %s: %d of its %d layers matched this model (not matched, e.g. %s)", lora.name,
-                        len(matched), len(lora.layers), ", ".join(missed[:3]))
+                        len(lora.layers) - len(missed), len(lora.layers), ", ".join(missed[:3]))
         return matched
+
+
+def _other_names(family: str, component: str, paths: list[str]) -> dict[str, list[Block]]:
+    """The names besides diffusers' that LoRA files give a component's sites: the original checkpoints'."""
+    if component != "unet":
+        others = _text_model_names(paths)
+    elif family in ("sd3", "flux"):
+        return transformer_names.original_names(family, paths)
+    else:
+        others = _ldm_names(paths)
+    return {other: [(path, 0, 1)] for path, other in zip(paths, others) if other is not None}
+
+
+def _split(lora: LoraFile, layer: LoraLayer, blocks: list[Block], sites: dict[str, Site]) -> dict[str, LoraLayer]:
+    """The layer for each site of ``blocks``: the same ``down``, and the rows of ``up`` that are that site's."""
+    if len(blocks) == 1 and blocks[0][1:] == (0, 1):
+        return {blocks[0][0]: layer}
+    sizes = [sites[path].weight_shape[0] // parts for path, _, parts in blocks]
+    if sum(sizes) != layer.up.shape[0]:
+        raise UserInputError(
+            f"LoRA {lora.path.name} does not fit this model: a layer of it changes {layer.up.shape[0]} outputs where "
+            f"the model's {', '.join(dict.fromkeys(p for p, _, _ in blocks))} have {sum(sizes)}; is it for another "
+            "model (Flux, SD 3, their sizes)?")
+    ends = np.cumsum(sizes)
+    parts: dict[str, dict[int, np.ndarray]] = {}
+    for (path, part, _), end, size in zip(blocks, ends, sizes):
+        parts.setdefault(path, {})[part] = layer.up[end - size:end]
+    return {path: LoraLayer(layer.down, np.concatenate([rows[i] for i in sorted(rows)]), layer.alpha)
+            for path, rows in parts.items()}
 
 
 def _text_model_names(paths: list[str]) -> list[str]:
@@ -119,5 +149,5 @@ def _check_fit(lora: LoraFile, site: Site, layer: LoraLayer) -> None:
         raise UserInputError(
             f"LoRA {lora.path.name} does not fit this model: its layer for {site.component} {site.path} changes a "
             f"{out}x{inner} weight (kernel {kernel}), the model's is {want[0]}x{want[1]} (kernel {want_kernel}); "
-            "is it for another model family (SD 1.x, 2.x, SDXL)?")
+            "is it for another model family (SD 1.x, 2.x, SDXL, SD 3, Flux)?")
 

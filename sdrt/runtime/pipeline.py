@@ -21,12 +21,10 @@ from PIL import Image
 
 from ..components import TINY_VAE_DECODER, UNET, UNET_SHALLOW, VAE_DECODER, VAE_ENCODER, RunShape
 from ..errors import ManifestError, SdrtError, UserInputError
-from ..families import FAMILIES
 from ..embeddings.files import Embedding
 from ..embeddings.library import EmbeddingLibrary
 from ..lora.factors import FactorMaker, LoraChoice
 from ..lora.library import LoraLibrary
-from ..lora.tags import read_tags
 from ..integrity import verify_export
 from ..memory import check_load_fits
 from ..manifest import Manifest, load_manifest
@@ -240,7 +238,7 @@ class Pipeline:
                       deepcache=check_deepcache(self.manifest, deepcache_interval, control))
         switch, extra = self._check_refiner(refiner_switch_at, job)
         self._check_vae(vae, self.refiner if switch is not None else self)
-        chosen = self._choose_loras(job.prompts, loras)
+        chosen = self.loras.choose(job.prompts, loras)
         self._bind_loras(chosen)
         extra |= lora_parameters(chosen) | embedding_parameters(self._tokens(job).embeddings)
         extra |= control_parameters(control) | ({"VAE": "tiny"} if vae == "tiny" else {})
@@ -260,13 +258,6 @@ class Pipeline:
         self._tokenized = None
         return GenerationResult(images, final, job.seed, image_parameters(job, self.manifest, extra), timings,
                                 job.mode, job.seeds)
-
-    def _choose_loras(self, prompts: list[str], loras: dict[str, float] | None) -> tuple[LoraChoice, ...]:
-        family = FAMILIES[self.manifest.family]
-        if not family.lora and (loras or any(read_tags(p) for p in prompts)):
-            raise UserInputError(f"sdrt does not apply LoRAs to {family.description} yet (only to SD 1.x, 2.x and "
-                                 "SDXL); leave out the LoRA")
-        return self.loras.choose(prompts, loras)
 
     def _bind_loras(self, chosen: tuple[LoraChoice, ...]) -> None:
         """Feed the factors of the LoRA set ``chosen`` (none: zero) to the graphs from now on."""
