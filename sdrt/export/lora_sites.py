@@ -7,8 +7,9 @@ as ONNX Runtime's multi-LoRA adapters and OpenVINO GenAI's dynamic LoRA do. Why 
 weights: see docs/ARCHITECTURE.md, "LoRA".
 
 Sites, by module path in the diffusers network (``down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q``):
-every Linear and (ungrouped) Conv2d of the U-Net, which covers kohya's LoRA and LoCon targets, and the Linear
-layers of a text encoder's transformer layers. Inputs (the runtime reads a site's kind from their shapes):
+every Linear and (ungrouped) Conv2d of the U-Net or of SD 3's and Flux's transformer, which covers kohya's LoRA and
+LoCon targets, and the Linear layers of a CLIP text encoder's transformer layers. Inputs (the runtime reads a
+site's kind from their shapes):
 
 - Linear: ``PATH.lora_down`` [in, rank] (transposed: one MatMul), ``PATH.lora_up`` [rank, out];
 - Conv2d: ``PATH.lora_down`` [kh, kw, rank, in] (the kernel tap by tap), ``PATH.lora_up`` [out, rank].
