@@ -135,12 +135,20 @@ def test_automatic1111_api_serves_flux_as_forge(flux, export_dir):
         assert "Distilled CFG Scale: 2.5" in json.loads(r.json()["info"])["infotexts"][0]
 
 
-def test_image_to_image_matches_diffusers(flux, reference):
-    from diffusers import FluxImg2ImgPipeline
+@pytest.mark.parametrize("pipeline", ["FluxImg2ImgPipeline", "FluxInpaintPipeline"])
+def test_image_to_image_and_inpainting_match_diffusers(flux, reference, pipeline):
+    """Strength 0.7 of 5 steps runs 4 here (SD 1.x would run 3: diffusers' pipelines round differently)."""
+    import diffusers
     from PIL import Image
 
-    init = Image.fromarray(np.random.default_rng(3).integers(0, 255, (64, 96, 3), dtype=np.uint8))
-    ours = flux(PROMPTS[0], image=init, strength=0.6, seed=5, num_inference_steps=5, guidance_scale=3.5)
-    img2img = FluxImg2ImgPipeline(**reference.components)
-    img2img.set_progress_bar_config(disable=True)
-    assert_matches(ours, _diffusers(img2img, 5, prompt=PROMPTS[0], image=init, strength=0.6, num_inference_steps=5))
+    rng = np.random.default_rng(3)
+    init = Image.fromarray(rng.integers(0, 255, (64, 96, 3), dtype=np.uint8))
+    mask = {"mask_image": Image.fromarray(np.pad(np.full((32, 48), 255, np.uint8), ((16, 16), (32, 16))))} \
+        if pipeline == "FluxInpaintPipeline" else {}
+    kw = dict(image=init, strength=0.7, num_inference_steps=5, **mask)
+    ours = flux(PROMPTS[0], seed=5, guidance_scale=3.5, **kw)
+    edit = getattr(diffusers, pipeline)(**reference.components)
+    edit.set_progress_bar_config(disable=True)
+    assert_matches(ours, _diffusers(edit, 5, prompt=PROMPTS[0], **kw))
+
+
