@@ -54,6 +54,20 @@ def test_text_to_image_matches_diffusers(flux, reference):
     assert "CFG scale: 1," in ours.parameters[0] and "Distilled CFG Scale: 3.5" in ours.parameters[0]
 
 
+def test_dpm_solver_in_its_flow_form_matches_diffusers(flux, reference):
+    """DPM++ 2M on Flux: diffusers' DPMSolverMultistepScheduler with flow sigmas and Flux's dynamic shift (the
+    pipeline then gives it μ and no σ list of its own)."""
+    from diffusers import DPMSolverMultistepScheduler
+
+    config = reference.scheduler.config
+    solver = DPMSolverMultistepScheduler.from_config(config, use_flow_sigmas=True, prediction_type="flow_prediction",
+                                                     flow_shift=config["shift"])
+    ours = flux(PROMPTS[0], seed=7, scheduler="DPM++ 2M", **KW)
+    assert_matches(ours, _diffusers(type(reference)(**{**reference.components, "scheduler": solver}), 7,
+                                    prompt=PROMPTS[0]))
+    assert "Sampler: DPM++ 2M," in ours.parameters[0]
+
+
 def test_true_cfg_with_a_negative_prompt_matches_diffusers(flux, reference):
     kwargs = dict(negative_prompt=["", "blurry"], true_cfg_scale=2.5, guidance_scale=2.0, prompt_2=["a cat", "a tree"],
                   negative_prompt_2=["dark", ""])  # T5 reads prompt_2

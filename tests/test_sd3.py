@@ -57,14 +57,16 @@ def test_export_describes_the_transformer_and_t5(export_dir):
 
 @pytest.mark.parametrize("sampler, prompts", [("euler", {}), ("heun", {"prompt_2": ["a blue star", "a dog"],
                                                                        "prompt_3": ["a cat", "a tree"],
-                                                                       "negative_prompt_3": ["dark", ""]})])
+                                                                       "negative_prompt_3": ["dark", ""]}),
+                                              ("dpm++2m", {})])
 def test_text_to_image_matches_diffusers(sd3, reference, sampler, prompts):
-    """Heun with each encoder's own prompts: CLIP-G's prompt_2, T5's prompt_3 and negative_prompt_3."""
+    """Heun with each encoder's own prompts: CLIP-G's prompt_2, T5's prompt_3 and negative_prompt_3; DPM++ 2M in
+    its flow form (diffusers' DPMSolverMultistepScheduler with flow sigmas and the model's shift)."""
     ours = sd3(PROMPTS, negative_prompt=NEGATIVES, seed=11, num_images=2, scheduler=sampler, **KW, **prompts)
     expected = _diffusers(reference, sampler, 11, prompt=PROMPTS, negative_prompt=NEGATIVES, num_images_per_prompt=2,
                           **prompts)
     assert_matches(ours, expected)
-    assert "Sampler: Euler" in ours.parameters[0] if sampler == "euler" else "Sampler: Heun" in ours.parameters[0]
+    assert f"Sampler: {dict(euler='Euler', heun='Heun', **{'dpm++2m': 'DPM++ 2M'})[sampler]}," in ours.parameters[0]
 
 
 @pytest.mark.parametrize("pipeline", ["StableDiffusion3Img2ImgPipeline", "StableDiffusion3InpaintPipeline"])
@@ -110,8 +112,8 @@ def test_fp16_export_keeps_t5_in_fp32_and_stays_close(sd3, export_dir):
 
 
 def test_samplers_that_do_not_apply_are_refused(sd3, export_dir):
-    with pytest.raises(UserInputError, match="does not apply to a flow-matching model.*Euler or Heun"):
-        sd3(PROMPTS[0], scheduler="dpm++2m", **KW)
+    with pytest.raises(UserInputError, match="does not apply to a flow-matching model.*DPM\\+\\+ 2M, Euler or Heun"):
+        sd3(PROMPTS[0], scheduler="DPM++ 2M Karras", **KW)
     with pytest.raises(UserInputError, match="multiple of 16"):
         sd3(PROMPTS[0], height=72, width=64, num_inference_steps=2)
     with Pipeline.load(export_dir("tiny")) as sd1, pytest.raises(UserInputError, match="for flow-matching models"):
@@ -132,7 +134,7 @@ def test_automatic1111_api_serves_sd3(sd3, export_dir):
         assert info["sampler_name"] == "Euler" and info["seed"] == 9
         served = Image.open(io.BytesIO(base64.b64decode(r.json()["images"][0]))).convert("RGB")
         assert np.array_equal(np.asarray(served), np.asarray(sd3(PROMPTS[0], seed=9, **KW).images[0]))
-        r = client.post("/sdapi/v1/txt2img", json={**payload, "sampler_name": "DPM++ 2M"})
+        r = client.post("/sdapi/v1/txt2img", json={**payload, "sampler_name": "DPM++ 2M Karras"})
         assert r.status_code == 422 and "flow-matching" in r.text
         names = [s["name"] for s in client.get("/sdapi/v1/samplers").json()]
         assert names.count("Euler") == 1

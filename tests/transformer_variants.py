@@ -29,7 +29,12 @@ def diffusers_sd3(pipe, sampler: str, seed: int, **kwargs) -> tuple[np.ndarray, 
     and 8-bit images."""
     import diffusers
 
-    scheduler = getattr(diffusers, SD3_SAMPLERS[sampler]).from_config(pipe.scheduler.config)
+    config = pipe.scheduler.config
+    if sampler == "dpm++2m":  # the solver's flow form, as diffusers' documentation writes it for SD 3
+        scheduler = diffusers.DPMSolverMultistepScheduler.from_config(
+            config, use_flow_sigmas=True, prediction_type="flow_prediction", flow_shift=config["shift"])
+    else:
+        scheduler = getattr(diffusers, SD3_SAMPLERS[sampler]).from_config(config)
     pipe = type(pipe)(**{**pipe.components, "scheduler": scheduler})  # the shared pipeline keeps its own
     pipe.set_progress_bar_config(disable=True)
     with torch.no_grad():

@@ -117,7 +117,7 @@ def diffusers_scheduler(config, sampler: str):
     """diffusers' scheduler for an sdrt sampler name, from a model's scheduler config."""
     import diffusers
 
-    cls, extra = diffusers_equivalent(model_sampler(sampler, {"_class_name": config.get("_class_name", "")}))
+    cls, extra = diffusers_equivalent(model_sampler(sampler, {"_class_name": config.get("_class_name", "")}), config)
     return getattr(diffusers, cls).from_config(config, **extra)
 
 

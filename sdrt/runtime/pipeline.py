@@ -410,7 +410,8 @@ class Pipeline:
         scheduler.set_noise_scales(job.eta, job.s_noise)
         scheduler.set_noise_source(job.generator.randn)  # stochastic samplers continue the seed's stream
         if scheduler.prediction_type == "flow":  # its schedule may follow the image's size (Flux)
-            scheduler.set_timesteps(job.steps, **flow_schedule(self.manifest, job.steps, job.height, job.width))
+            scheduler.set_timesteps(job.steps, **flow_schedule(self.manifest, job.steps, job.height, job.width,
+                                                               scheduler.custom_sigmas))
         else:
             scheduler.set_timesteps(job.steps)
         return scheduler

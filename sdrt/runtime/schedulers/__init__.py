@@ -14,7 +14,8 @@ from .common import Scheduler
 from .ddim import DDIMScheduler
 from .ddpm import DDPMScheduler
 from .dpm_sde import DPMSolverSDEKarrasScheduler, DPMSolverSDEScheduler
-from .dpm_solver import DPMSolverMultistepKarrasScheduler, DPMSolverMultistepScheduler
+from .dpm_solver import (DPMSolverMultistepKarrasScheduler, DPMSolverMultistepScheduler, FlowDPMSolverMultistepScheduler,
+                         flow_solver_config)
 from .euler import EulerAncestralDiscreteScheduler, EulerDiscreteScheduler
 from .flow_match import FlowMatchEulerScheduler, FlowMatchHeunScheduler
 from .heun import HeunDiscreteScheduler
@@ -39,10 +40,12 @@ SCHEDULERS: dict[str, type[Scheduler]] = {
     "lcm": LCMScheduler,
     "flow-euler": FlowMatchEulerScheduler,
     "flow-heun": FlowMatchHeunScheduler,
+    "flow-dpm++2m": FlowDPMSolverMultistepScheduler,
 }
 SCHEDULER_NAMES = tuple(SCHEDULERS)
 # A flow-matching model (SD 3, Flux) samples with these alone; AUTOMATIC1111's names ask for them there.
-FLOW_SAMPLERS = {"euler": "flow-euler", "heun": "flow-heun"}
+FLOW_SAMPLERS = {"euler": "flow-euler", "heun": "flow-heun", "dpm++2m": "flow-dpm++2m"}
+FLOW_SOLVERS = {"flow-dpm++2m": "dpm++2m"}  # flow forms of the multistep solvers: diffusers' class + flow_solver_config
 
 # AUTOMATIC1111's display names, as written into PNG infotext.
 A1111_NAMES = {
@@ -61,6 +64,7 @@ A1111_NAMES = {
     "lcm": "LCM",
     "flow-euler": "Euler",  # what AUTOMATIC1111 (Forge) calls it on SD 3 and Flux
     "flow-heun": "Heun",
+    "flow-dpm++2m": "DPM++ 2M",
 }
 
 # The diffusers scheduler class a model's scheduler_config names → the sampler that runs it.
@@ -123,6 +127,8 @@ __all__ = [
     "EulerAncestralDiscreteScheduler",
     "EulerDiscreteScheduler",
     "FLOW_SAMPLERS",
+    "FLOW_SOLVERS",
+    "FlowDPMSolverMultistepScheduler",
     "FlowMatchEulerScheduler",
     "FlowMatchHeunScheduler",
     "HeunDiscreteScheduler",
@@ -172,10 +178,13 @@ def default_sampler(scheduler_config: dict | None, fallback: str = "ddim") -> st
     return KARRAS_VARIANTS.get(canonical, canonical) if config.get("use_karras_sigmas") else canonical
 
 
-def diffusers_equivalent(name: str) -> tuple[str, dict]:
+def diffusers_equivalent(name: str, model_config: dict | None = None) -> tuple[str, dict]:
     """The diffusers scheduler class that ``name`` ports, and the from_config arguments that select it
-    (``"dpm++2m-karras"`` → ``("DPMSolverMultistepScheduler", {"use_karras_sigmas": True})``)."""
+    (``"dpm++2m-karras"`` → ``("DPMSolverMultistepScheduler", {"use_karras_sigmas": True})``; a flow solver's
+    depend on the model's scheduler config)."""
     canonical = canonical_name(name)
+    if canonical in FLOW_SOLVERS:
+        return diffusers_equivalent(FLOW_SOLVERS[canonical])[0], flow_solver_config(model_config)
     base = {karras: plain for plain, karras in KARRAS_VARIANTS.items()}.get(canonical, canonical)
     cls = next(c for c, s in DIFFUSERS_CLASSES.items() if s == base)
     return cls, ({"use_karras_sigmas": True} if base != canonical else {})
@@ -203,11 +212,15 @@ def model_sampler(name: str, scheduler_config: dict | None) -> str:
         canonical = FLOW_SAMPLERS.get(canonical, canonical)
         if canonical not in flow:
             raise UserInputError(f"the sampler {name!r} does not apply to a flow-matching model (SD 3, Flux): use "
-                                 f"{' or '.join(A1111_NAMES[s] for s in sorted(flow))}")
+                                 f"{_one_of([A1111_NAMES[s] for s in sorted(flow)])}")
     elif canonical in flow:
         raise UserInputError(f"the sampler {name!r} is for flow-matching models (SD 3, Flux); this model takes "
                              f"{', '.join(s for s in SCHEDULER_NAMES if s not in flow)}")
     return canonical
+
+
+def _one_of(names: list[str]) -> str:
+    return ", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else names[0]
 
 
 def model_samplers(scheduler_config: dict | None) -> tuple[str, ...]:

@@ -112,6 +112,8 @@ def predict_x0(prediction_type: str, model_output, sample, alpha, sigma):
         return (sample - sigma * model_output) / alpha
     if prediction_type == "v_prediction":  # v = alpha·ε − sigma·x0 (section 2.4 of https://arxiv.org/abs/2210.02303)
         return alpha * sample - sigma * model_output
+    if prediction_type == "flow":  # the velocity v = ε − x0 of x_t = (1 − σ)·x0 + σ·ε: alpha = 1 − σ, sigma = σ
+        return sample - sigma * model_output
     return model_output  # "sample"
 
 
@@ -157,6 +159,7 @@ class Scheduler:
     order = 1  # model evaluations per step (diffusers' ``order``)
     stochastic = False  # whether ``step`` draws noise (see ``set_noise_source``)
     init_noise_sigma = 1.0  # standard deviation of the initial noise
+    custom_sigmas = True  # a flow sampler's set_timesteps takes the family's σ list (Flux's linspace)
     # η: DDIM's (0 = deterministic) or the scale of an ancestral/SDE sampler's fresh noise (k-diffusion's, 1 =
     # the usual ancestral sampler); None where the sampler has no η
     eta_default: float | None = None

@@ -10,16 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from ...errors import UserInputError
 from .common import Scheduler, as_f32, check_unsupported, index_for_timestep, predict_x0
-from .sigmas import (
-    alpha_sigma,
-    alpha_sigma_lambda,
-    karras_sigmas,
-    sigma_to_t,
-    solver_timesteps,
-    train_sigmas,
-    vp_add_noise,
-)
+from .sigmas import alpha_sigma, karras_sigmas, noising_indices, sigma_to_t, solver_timesteps, train_sigmas, vp_add_noise
 
 # Options of diffusers' class that sdrt does not implement: each must keep its default.
 _UNSUPPORTED = dict(
@@ -28,8 +21,6 @@ _UNSUPPORTED = dict(
     use_exponential_sigmas=False,
     use_beta_sigmas=False,
     use_lu_lambdas=False,
-    use_flow_sigmas=False,
-    use_dynamic_shifting=False,
 )
 
 
@@ -53,6 +44,10 @@ class DPMSolverMultistepScheduler(Scheduler):
         timestep_spacing="linspace",
         steps_offset=0,
         rescale_betas_zero_snr=False,
+        use_flow_sigmas=False,  # the flow-matching variant: FlowDPMSolverMultistepScheduler
+        flow_shift=1.0,
+        use_dynamic_shifting=False,
+        time_shift_type="exponential",
         **_UNSUPPORTED,
     )
 
@@ -107,8 +102,11 @@ class DPMSolverMultistepScheduler(Scheduler):
         else:
             sigmas = np.interp(timesteps, np.arange(0, len(sigmas)), sigmas)
 
+        self._set_schedule(sigmas, timesteps)
+
+    def _set_schedule(self, sigmas: np.ndarray, timesteps: np.ndarray) -> None:
         # 3. the last step goes to σ = 0 (x0 itself) or to the smallest trained σ
-        if c.final_sigmas_type == "zero":
+        if self.config.final_sigmas_type == "zero":
             sigma_last = 0
         else:
             sigma_last = np.sqrt((1 - self.alphas_cumprod[0]) / self.alphas_cumprod[0])
@@ -132,7 +130,7 @@ class DPMSolverMultistepScheduler(Scheduler):
         )
 
         # 3. convert the model output to the data prediction x0_θ(x_t, t): DPM-Solver++ integrates x0, not ε
-        alpha_t, sigma_t = alpha_sigma(self.sigmas[self.step_index])
+        alpha_t, sigma_t = self._alpha_sigma(self.sigmas[self.step_index])
         x0_pred = predict_x0(self.prediction_type, model_output, sample, alpha_t, sigma_t)
         self.model_outputs = self.model_outputs[1:] + [x0_pred]
 
@@ -148,8 +146,8 @@ class DPMSolverMultistepScheduler(Scheduler):
 
     def _first_order_update(self, x0_pred: np.ndarray, sample: np.ndarray) -> np.ndarray:
         # 1. α, σ, λ of the current (s) and the next (t) noise level; λ_t = inf when σ_t = 0
-        alpha_t, sigma_t, lambda_t = alpha_sigma_lambda(self.sigmas[self.step_index + 1])
-        alpha_s, sigma_s, lambda_s = alpha_sigma_lambda(self.sigmas[self.step_index])
+        alpha_t, sigma_t, lambda_t = self._alpha_sigma_lambda(self.sigmas[self.step_index + 1])
+        alpha_s, sigma_s, lambda_s = self._alpha_sigma_lambda(self.sigmas[self.step_index])
         h = lambda_t - lambda_s
 
         # 2. x_t = (σ_t/σ_s)·x_s − α_t·(e^−h − 1)·x0_θ
@@ -158,9 +156,9 @@ class DPMSolverMultistepScheduler(Scheduler):
     def _second_order_update(self, model_outputs: list[np.ndarray], sample: np.ndarray) -> np.ndarray:
         # 1. α, σ, λ of the next (t), current (s0) and previous (s1) noise levels
         i = self.step_index
-        alpha_t, sigma_t, lambda_t = alpha_sigma_lambda(self.sigmas[i + 1])
-        alpha_s0, sigma_s0, lambda_s0 = alpha_sigma_lambda(self.sigmas[i])
-        alpha_s1, sigma_s1, lambda_s1 = alpha_sigma_lambda(self.sigmas[i - 1])
+        alpha_t, sigma_t, lambda_t = self._alpha_sigma_lambda(self.sigmas[i + 1])
+        alpha_s0, sigma_s0, lambda_s0 = self._alpha_sigma_lambda(self.sigmas[i])
+        alpha_s1, sigma_s1, lambda_s1 = self._alpha_sigma_lambda(self.sigmas[i - 1])
 
         # 2. step sizes in λ and the finite difference D1 of the x0 predictions
         m0, m1 = model_outputs[-1], model_outputs[-2]
@@ -182,6 +180,15 @@ class DPMSolverMultistepScheduler(Scheduler):
             + (alpha_t * ((np.exp(-h) - 1.0) / h + 1.0)) * D1
         )
 
+    @staticmethod
+    def _alpha_sigma(sigma):
+        return alpha_sigma(sigma)
+
+    def _alpha_sigma_lambda(self, sigma):
+        alpha_t, sigma_t = self._alpha_sigma(sigma)
+        with np.errstate(divide="ignore"):
+            return alpha_t, sigma_t, np.log(alpha_t) - np.log(sigma_t)
+
     def _index_for_timestep(self, t) -> int:
         return index_for_timestep(self.timesteps, t, missing=len(self.timesteps) - 1)
 
@@ -197,3 +204,55 @@ class DPMSolverMultistepKarrasScheduler(DPMSolverMultistepScheduler):
 
     def __init__(self, config: dict | None = None, *, use_karras_sigmas: bool = True):
         super().__init__(config, use_karras_sigmas=use_karras_sigmas)
+
+
+class FlowDPMSolverMultistepScheduler(DPMSolverMultistepScheduler):
+    """DPM++ 2M on a flow-matching model (SD 3, Flux): diffusers' DPMSolverMultistepScheduler with
+    ``use_flow_sigmas``, ``prediction_type="flow_prediction"`` and the model's shift as ``flow_shift`` (built from
+    the model's FlowMatch config, as ``flow_solver_config`` says). Noise levels σ ∈ (0, 1]: x_σ = (1 − σ)·x0 + σ·ε,
+    so α_t = 1 − σ, σ_t = σ; the model predicts the velocity v, x0 = x − σ·v; the timestep fed is int(1000·σ) as
+    diffusers feeds it. With the dynamic shift (Flux) the shift is e^μ of the image's size."""
+
+    name = "flow-dpm++2m"
+    prediction_types = ("flow_prediction",)
+    custom_sigmas = False  # diffusers' Flux pipeline gives a flow-sigma solver no σ list of its own
+
+    def __init__(self, config: dict | None = None, **options):
+        super().__init__({**(config or {}), **flow_solver_config(config)}, **options)
+
+    @property
+    def prediction_type(self) -> str:
+        return "flow"  # the runtime's name for a velocity prediction (flow_match.py)
+
+    def set_timesteps(self, num_inference_steps: int, mu: float | None = None) -> None:
+        c, n = self.config, self._check_steps(num_inference_steps)
+        if c.use_dynamic_shifting and mu is None:
+            raise UserInputError("this model's sampler shifts its schedule by the image size: give the image's "
+                                 "token count (mu)")
+        shift = np.exp(mu) if mu is not None else c.flow_shift
+        T = c.num_train_timesteps
+        sigmas = 1.0 - np.linspace(1, 1 / T, n + 1)
+        sigmas = np.flip(shift * sigmas / (1 + (shift - 1) * sigmas))[:-1].copy()
+        self._set_schedule(sigmas, sigmas * T)
+
+    @staticmethod
+    def _alpha_sigma(sigma):
+        return 1 - sigma, sigma
+
+    def predict_x0(self, model_output: np.ndarray, sample: np.ndarray, t) -> np.ndarray:
+        """x0 = x − σ·v at the model's input timestep ``t`` (previews)."""
+        return sample - self.sigmas[self._index_for_timestep(t)] * model_output
+
+    def add_noise(self, original: np.ndarray, noise: np.ndarray, timesteps) -> np.ndarray:
+        """x_σ = (1 − σ)·x0 + σ·ε at the σ of each timestep (of ``begin_index`` or the current step when set)."""
+        indices = noising_indices(self, timesteps, missing=len(self.timesteps) - 1)
+        sigma = self.sigmas.astype(original.dtype)[indices].reshape((-1,) + (1,) * (original.ndim - 1))
+        return (1 - sigma) * original + sigma * noise
+
+
+def flow_solver_config(model_config: dict | None) -> dict:
+    """What turns a multistep solver into its flow-matching form for a model whose scheduler is FlowMatch
+    (``shift`` → ``flow_shift``; the dynamic shift and its kind carry over by name), as one would write it for
+    diffusers: ``DPMSolverMultistepScheduler.from_config(config, **flow_solver_config(config))``."""
+    return {"use_flow_sigmas": True, "prediction_type": "flow_prediction",
+            "flow_shift": float((model_config or {}).get("shift", 1.0))}

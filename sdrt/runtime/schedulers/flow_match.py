@@ -33,12 +33,14 @@ def calculate_shift(image_tokens: int, base_seq_len: int = 256, max_seq_len: int
     return image_tokens * m + base_shift - m * base_seq_len
 
 
-def flow_schedule(manifest, steps: int, height: int, width: int) -> dict:
+def flow_schedule(manifest, steps: int, height: int, width: int, custom_sigmas: bool = True) -> dict:
     """What a flow sampler's schedule takes for ``steps`` steps at this image size, as the family's diffusers
-    pipeline gives it: Flux's σ spaced as linspace(1, 1/n, n), and μ of the dynamic shift from the image's token
-    count (the latent's patches) where the model's scheduler config asks for it."""
+    pipeline gives it: Flux's σ spaced as linspace(1, 1/n, n) (to a sampler that takes ``custom_sigmas``), and μ
+    of the dynamic shift from the image's token count (the latent's patches) where the model's scheduler config
+    asks for it."""
     config = manifest.scheduler_config
-    sigmas = {"sigmas": np.linspace(1.0, 1 / steps, steps)} if FAMILIES[manifest.family].linear_sigmas else {}
+    linear = FAMILIES[manifest.family].linear_sigmas and custom_sigmas
+    sigmas = {"sigmas": np.linspace(1.0, 1 / steps, steps)} if linear else {}
     if not config.get("use_dynamic_shifting"):
         return sigmas
     side = manifest.size_multiple  # pixels per patch
