@@ -54,18 +54,20 @@ def test_text_to_image_matches_diffusers(flux, reference):
     assert "CFG scale: 1," in ours.parameters[0] and "Distilled CFG Scale: 3.5" in ours.parameters[0]
 
 
-def test_dpm_solver_in_its_flow_form_matches_diffusers(flux, reference):
-    """DPM++ 2M on Flux: diffusers' DPMSolverMultistepScheduler with flow sigmas and Flux's dynamic shift (the
-    pipeline then gives it μ and no σ list of its own)."""
-    from diffusers import DPMSolverMultistepScheduler
+@pytest.mark.parametrize("sampler, solver", [("DPM++ 2M", "DPMSolverMultistepScheduler"),
+                                             ("UniPC", "UniPCMultistepScheduler")])
+def test_solvers_in_their_flow_form_match_diffusers(flux, reference, sampler, solver):
+    """DPM++ 2M and UniPC on Flux: diffusers' schedulers with flow sigmas and Flux's dynamic shift (the pipeline
+    then gives them μ and no σ list of its own)."""
+    import diffusers
 
     config = reference.scheduler.config
-    solver = DPMSolverMultistepScheduler.from_config(config, use_flow_sigmas=True, prediction_type="flow_prediction",
-                                                     flow_shift=config["shift"])
-    ours = flux(PROMPTS[0], seed=7, scheduler="DPM++ 2M", **KW)
-    assert_matches(ours, _diffusers(type(reference)(**{**reference.components, "scheduler": solver}), 7,
+    scheduler = getattr(diffusers, solver).from_config(config, use_flow_sigmas=True, prediction_type="flow_prediction",
+                                                       flow_shift=config["shift"])
+    ours = flux(PROMPTS[0], seed=7, scheduler=sampler, **KW)
+    assert_matches(ours, _diffusers(type(reference)(**{**reference.components, "scheduler": scheduler}), 7,
                                     prompt=PROMPTS[0]))
-    assert "Sampler: DPM++ 2M," in ours.parameters[0]
+    assert f"Sampler: {sampler}," in ours.parameters[0]
 
 
 def test_true_cfg_with_a_negative_prompt_matches_diffusers(flux, reference):

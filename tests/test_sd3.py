@@ -23,6 +23,7 @@ from transformer_variants import assert_fp16_export_close, assert_openvino_match
 PROMPTS = ["a red circle on a blue background", "a green square"]
 NEGATIVES = ["", "blurry"]
 KW = dict(num_inference_steps=4, height=64, width=96, guidance_scale=5.0)
+A1111_NAMES = {"euler": "Euler", "heun": "Heun", "dpm++2m": "DPM++ 2M", "unipc": "UniPC"}  # what Forge calls them
 
 
 @pytest.fixture(scope="module")
@@ -58,15 +59,15 @@ def test_export_describes_the_transformer_and_t5(export_dir):
 @pytest.mark.parametrize("sampler, prompts", [("euler", {}), ("heun", {"prompt_2": ["a blue star", "a dog"],
                                                                        "prompt_3": ["a cat", "a tree"],
                                                                        "negative_prompt_3": ["dark", ""]}),
-                                              ("dpm++2m", {})])
+                                              ("dpm++2m", {}), ("unipc", {})])
 def test_text_to_image_matches_diffusers(sd3, reference, sampler, prompts):
-    """Heun with each encoder's own prompts: CLIP-G's prompt_2, T5's prompt_3 and negative_prompt_3; DPM++ 2M in
-    its flow form (diffusers' DPMSolverMultistepScheduler with flow sigmas and the model's shift)."""
+    """Heun with each encoder's own prompts: CLIP-G's prompt_2, T5's prompt_3 and negative_prompt_3; DPM++ 2M and
+    UniPC in their flow form (diffusers' schedulers with flow sigmas and the model's shift)."""
     ours = sd3(PROMPTS, negative_prompt=NEGATIVES, seed=11, num_images=2, scheduler=sampler, **KW, **prompts)
     expected = _diffusers(reference, sampler, 11, prompt=PROMPTS, negative_prompt=NEGATIVES, num_images_per_prompt=2,
                           **prompts)
     assert_matches(ours, expected)
-    assert f"Sampler: {dict(euler='Euler', heun='Heun', **{'dpm++2m': 'DPM++ 2M'})[sampler]}," in ours.parameters[0]
+    assert f"Sampler: {A1111_NAMES[sampler]}," in ours.parameters[0]
 
 
 @pytest.mark.parametrize("pipeline", ["StableDiffusion3Img2ImgPipeline", "StableDiffusion3InpaintPipeline"])
@@ -112,7 +113,7 @@ def test_fp16_export_keeps_t5_in_fp32_and_stays_close(sd3, export_dir):
 
 
 def test_samplers_that_do_not_apply_are_refused(sd3, export_dir):
-    with pytest.raises(UserInputError, match="does not apply to a flow-matching model.*DPM\\+\\+ 2M, Euler or Heun"):
+    with pytest.raises(UserInputError, match="does not apply to a flow-matching model.*DPM\\+\\+ 2M, Euler, Heun or UniPC"):
         sd3(PROMPTS[0], scheduler="DPM++ 2M Karras", **KW)
     with pytest.raises(UserInputError, match="multiple of 16"):
         sd3(PROMPTS[0], height=72, width=64, num_inference_steps=2)

@@ -10,7 +10,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-SD3_SAMPLERS = {"euler": "FlowMatchEulerDiscreteScheduler", "heun": "FlowMatchHeunDiscreteScheduler"}
+SD3_SAMPLERS = {"euler": "FlowMatchEulerDiscreteScheduler", "heun": "FlowMatchHeunDiscreteScheduler",
+                "dpm++2m": "DPMSolverMultistepScheduler", "unipc": "UniPCMultistepScheduler"}
+# the solvers' flow form, as diffusers' documentation writes it for SD 3 (its shift: 3.0)
+FLOW_FORM = {s: dict(use_flow_sigmas=True, prediction_type="flow_prediction", flow_shift=3.0) for s in ("dpm++2m", "unipc")}
 
 
 def diffusers_flux(pipe, seed: int, **kwargs) -> tuple[np.ndarray, np.ndarray]:
@@ -30,11 +33,7 @@ def diffusers_sd3(pipe, sampler: str, seed: int, **kwargs) -> tuple[np.ndarray, 
     import diffusers
 
     config = pipe.scheduler.config
-    if sampler == "dpm++2m":  # the solver's flow form, as diffusers' documentation writes it for SD 3
-        scheduler = diffusers.DPMSolverMultistepScheduler.from_config(
-            config, use_flow_sigmas=True, prediction_type="flow_prediction", flow_shift=config["shift"])
-    else:
-        scheduler = getattr(diffusers, SD3_SAMPLERS[sampler]).from_config(config)
+    scheduler = getattr(diffusers, SD3_SAMPLERS[sampler]).from_config(config, **FLOW_FORM.get(sampler, {}))
     pipe = type(pipe)(**{**pipe.components, "scheduler": scheduler})  # the shared pipeline keeps its own
     pipe.set_progress_bar_config(disable=True)
     with torch.no_grad():

@@ -14,10 +14,10 @@ from .common import Scheduler
 from .ddim import DDIMScheduler
 from .ddpm import DDPMScheduler
 from .dpm_sde import DPMSolverSDEKarrasScheduler, DPMSolverSDEScheduler
-from .dpm_solver import (DPMSolverMultistepKarrasScheduler, DPMSolverMultistepScheduler, FlowDPMSolverMultistepScheduler,
-                         flow_solver_config)
+from .dpm_solver import DPMSolverMultistepKarrasScheduler, DPMSolverMultistepScheduler
 from .euler import EulerAncestralDiscreteScheduler, EulerDiscreteScheduler
 from .flow_match import FlowMatchEulerScheduler, FlowMatchHeunScheduler
+from .flow_solvers import FlowDPMSolverMultistepScheduler, FlowUniPCMultistepScheduler, flow_solver_config
 from .heun import HeunDiscreteScheduler
 from .lcm import LCMScheduler
 from .lms import LMSDiscreteScheduler
@@ -41,11 +41,12 @@ SCHEDULERS: dict[str, type[Scheduler]] = {
     "flow-euler": FlowMatchEulerScheduler,
     "flow-heun": FlowMatchHeunScheduler,
     "flow-dpm++2m": FlowDPMSolverMultistepScheduler,
+    "flow-unipc": FlowUniPCMultistepScheduler,
 }
 SCHEDULER_NAMES = tuple(SCHEDULERS)
 # A flow-matching model (SD 3, Flux) samples with these alone; AUTOMATIC1111's names ask for them there.
-FLOW_SAMPLERS = {"euler": "flow-euler", "heun": "flow-heun", "dpm++2m": "flow-dpm++2m"}
-FLOW_SOLVERS = {"flow-dpm++2m": "dpm++2m"}  # flow forms of the multistep solvers: diffusers' class + flow_solver_config
+FLOW_SAMPLERS = {"euler": "flow-euler", "heun": "flow-heun", "dpm++2m": "flow-dpm++2m", "unipc": "flow-unipc"}
+FLOW_SOLVERS = {"flow-dpm++2m": "dpm++2m", "flow-unipc": "unipc"}  # flow forms of the multistep solvers: diffusers' class + flow_solver_config
 
 # AUTOMATIC1111's display names, as written into PNG infotext.
 A1111_NAMES = {
@@ -65,6 +66,7 @@ A1111_NAMES = {
     "flow-euler": "Euler",  # what AUTOMATIC1111 (Forge) calls it on SD 3 and Flux
     "flow-heun": "Heun",
     "flow-dpm++2m": "DPM++ 2M",
+    "flow-unipc": "UniPC",
 }
 
 # The diffusers scheduler class a model's scheduler_config names → the sampler that runs it.
@@ -129,6 +131,7 @@ __all__ = [
     "FLOW_SAMPLERS",
     "FLOW_SOLVERS",
     "FlowDPMSolverMultistepScheduler",
+    "FlowUniPCMultistepScheduler",
     "FlowMatchEulerScheduler",
     "FlowMatchHeunScheduler",
     "HeunDiscreteScheduler",

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ...errors import UserInputError
 from .common import Scheduler, as_f32, check_unsupported, index_for_timestep, predict_x0
-from .sigmas import alpha_sigma, karras_sigmas, noising_indices, sigma_to_t, solver_timesteps, train_sigmas, vp_add_noise
+from .sigmas import NoiseLevels, karras_sigmas, sigma_to_t, solver_timesteps, train_sigmas, vp_add_noise
 
 # Options of diffusers' class that sdrt does not implement: each must keep its default.
 _UNSUPPORTED = dict(
@@ -24,7 +23,8 @@ _UNSUPPORTED = dict(
 )
 
 
-class DPMSolverMultistepScheduler(Scheduler):
+class DPMSolverMultistepScheduler(NoiseLevels, Scheduler):
+    flow_form = False  # the variance-preserving form; flow_solvers.py has the flow-matching one
     name = "dpm++2m"
     defaults = dict(  # diffusers' DPMSolverMultistepScheduler.__init__
         num_train_timesteps=1000,
@@ -44,7 +44,7 @@ class DPMSolverMultistepScheduler(Scheduler):
         timestep_spacing="linspace",
         steps_offset=0,
         rescale_betas_zero_snr=False,
-        use_flow_sigmas=False,  # the flow-matching variant: FlowDPMSolverMultistepScheduler
+        use_flow_sigmas=False,  # the flow-matching form: flow_solvers.py
         flow_shift=1.0,
         use_dynamic_shifting=False,
         time_shift_type="exponential",
@@ -67,6 +67,8 @@ class DPMSolverMultistepScheduler(Scheduler):
             unsupported.append(f"solver_type={c.solver_type!r} (only 'midpoint' or 'heun')")
         if c.final_sigmas_type not in ("zero", "sigma_min"):
             unsupported.append(f"final_sigmas_type={c.final_sigmas_type!r} (only 'zero' or 'sigma_min')")
+        if c.use_flow_sigmas != self.flow_form:  # the flow form is its own sampler (flow_solvers.py)
+            unsupported.append(f"use_flow_sigmas={c.use_flow_sigmas!r} (the flow form: {self.name} on a flow-matching model)")
         check_unsupported(c, _UNSUPPORTED, self.name, unsupported)
         if c.rescale_betas_zero_snr:
             self.alphas_cumprod[-1] = 2**-24  # close to 0 without being 0, so the first σ is not inf (as diffusers)
@@ -180,15 +182,6 @@ class DPMSolverMultistepScheduler(Scheduler):
             + (alpha_t * ((np.exp(-h) - 1.0) / h + 1.0)) * D1
         )
 
-    @staticmethod
-    def _alpha_sigma(sigma):
-        return alpha_sigma(sigma)
-
-    def _alpha_sigma_lambda(self, sigma):
-        alpha_t, sigma_t = self._alpha_sigma(sigma)
-        with np.errstate(divide="ignore"):
-            return alpha_t, sigma_t, np.log(alpha_t) - np.log(sigma_t)
-
     def _index_for_timestep(self, t) -> int:
         return index_for_timestep(self.timesteps, t, missing=len(self.timesteps) - 1)
 
@@ -205,54 +198,3 @@ class DPMSolverMultistepKarrasScheduler(DPMSolverMultistepScheduler):
     def __init__(self, config: dict | None = None, *, use_karras_sigmas: bool = True):
         super().__init__(config, use_karras_sigmas=use_karras_sigmas)
 
-
-class FlowDPMSolverMultistepScheduler(DPMSolverMultistepScheduler):
-    """DPM++ 2M on a flow-matching model (SD 3, Flux): diffusers' DPMSolverMultistepScheduler with
-    ``use_flow_sigmas``, ``prediction_type="flow_prediction"`` and the model's shift as ``flow_shift`` (built from
-    the model's FlowMatch config, as ``flow_solver_config`` says). Noise levels σ ∈ (0, 1]: x_σ = (1 − σ)·x0 + σ·ε,
-    so α_t = 1 − σ, σ_t = σ; the model predicts the velocity v, x0 = x − σ·v; the timestep fed is int(1000·σ) as
-    diffusers feeds it. With the dynamic shift (Flux) the shift is e^μ of the image's size."""
-
-    name = "flow-dpm++2m"
-    prediction_types = ("flow_prediction",)
-    custom_sigmas = False  # diffusers' Flux pipeline gives a flow-sigma solver no σ list of its own
-
-    def __init__(self, config: dict | None = None, **options):
-        super().__init__({**(config or {}), **flow_solver_config(config)}, **options)
-
-    @property
-    def prediction_type(self) -> str:
-        return "flow"  # the runtime's name for a velocity prediction (flow_match.py)
-
-    def set_timesteps(self, num_inference_steps: int, mu: float | None = None) -> None:
-        c, n = self.config, self._check_steps(num_inference_steps)
-        if c.use_dynamic_shifting and mu is None:
-            raise UserInputError("this model's sampler shifts its schedule by the image size: give the image's "
-                                 "token count (mu)")
-        shift = np.exp(mu) if mu is not None else c.flow_shift
-        T = c.num_train_timesteps
-        sigmas = 1.0 - np.linspace(1, 1 / T, n + 1)
-        sigmas = np.flip(shift * sigmas / (1 + (shift - 1) * sigmas))[:-1].copy()
-        self._set_schedule(sigmas, sigmas * T)
-
-    @staticmethod
-    def _alpha_sigma(sigma):
-        return 1 - sigma, sigma
-
-    def predict_x0(self, model_output: np.ndarray, sample: np.ndarray, t) -> np.ndarray:
-        """x0 = x − σ·v at the model's input timestep ``t`` (previews)."""
-        return sample - self.sigmas[self._index_for_timestep(t)] * model_output
-
-    def add_noise(self, original: np.ndarray, noise: np.ndarray, timesteps) -> np.ndarray:
-        """x_σ = (1 − σ)·x0 + σ·ε at the σ of each timestep (of ``begin_index`` or the current step when set)."""
-        indices = noising_indices(self, timesteps, missing=len(self.timesteps) - 1)
-        sigma = self.sigmas.astype(original.dtype)[indices].reshape((-1,) + (1,) * (original.ndim - 1))
-        return (1 - sigma) * original + sigma * noise
-
-
-def flow_solver_config(model_config: dict | None) -> dict:
-    """What turns a multistep solver into its flow-matching form for a model whose scheduler is FlowMatch
-    (``shift`` → ``flow_shift``; the dynamic shift and its kind carry over by name), as one would write it for
-    diffusers: ``DPMSolverMultistepScheduler.from_config(config, **flow_solver_config(config))``."""
-    return {"use_flow_sigmas": True, "prediction_type": "flow_prediction",
-            "flow_shift": float((model_config or {}).get("shift", 1.0))}

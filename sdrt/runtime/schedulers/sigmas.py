@@ -101,6 +101,20 @@ def alpha_sigma_lambda(sigma):
         return alpha_t, sigma_t, np.log(alpha_t) - np.log(sigma_t)
 
 
+class NoiseLevels:
+    """α_t, σ_t and λ_t of a noise level σ for the multistep solvers: the variance-preserving forms above; their
+    flow-matching forms (``flow_solvers.py``) replace ``_alpha_sigma``."""
+
+    @staticmethod
+    def _alpha_sigma(sigma):
+        return alpha_sigma(sigma)
+
+    def _alpha_sigma_lambda(self, sigma):
+        alpha_t, sigma_t = self._alpha_sigma(sigma)
+        with np.errstate(divide="ignore"):
+            return alpha_t, sigma_t, np.log(alpha_t) - np.log(sigma_t)
+
+
 def noising_indices(scheduler, timesteps, missing: int | None = None) -> list[int]:
     """The σ index ``add_noise`` uses for each timestep, as diffusers: found in ``timesteps`` without a
     ``begin_index``; else the current step (inpainting, after the first step) or ``begin_index`` (img2img)."""
@@ -113,10 +127,10 @@ def noising_indices(scheduler, timesteps, missing: int | None = None) -> list[in
 
 
 def vp_add_noise(scheduler, original: np.ndarray, noise: np.ndarray, timesteps) -> np.ndarray:
-    """x_t = α_t·x0 + σ_t·ε at the σ of each timestep (the multistep solvers' ``add_noise``)."""
+    """x_t = α_t·x0 + σ_t·ε at the σ of each timestep (the multistep solvers' ``add_noise``; their own α_t, σ_t)."""
     indices = noising_indices(scheduler, timesteps, missing=len(scheduler.timesteps) - 1)
     sigma = scheduler.sigmas.astype(original.dtype)[indices].reshape((-1,) + (1,) * (original.ndim - 1))
-    alpha_t, sigma_t = alpha_sigma(sigma)
+    alpha_t, sigma_t = getattr(scheduler, "_alpha_sigma", alpha_sigma)(sigma)
     return alpha_t * original + sigma_t * noise
 
 

@@ -17,20 +17,19 @@ from __future__ import annotations
 import numpy as np
 
 from .common import Scheduler, as_f32, check_unsupported, index_for_timestep, predict_epsilon, predict_x0
-from .sigmas import alpha_sigma_lambda, karras_sigmas, sigma_to_t, solver_timesteps, train_sigmas, vp_add_noise
+from .sigmas import NoiseLevels, karras_sigmas, sigma_to_t, solver_timesteps, train_sigmas, vp_add_noise
 
 _UNSUPPORTED = dict(
     thresholding=False,
     solver_p=None,
     use_exponential_sigmas=False,
     use_beta_sigmas=False,
-    use_flow_sigmas=False,
-    use_dynamic_shifting=False,
     shift_terminal=None,
 )
 
 
-class UniPCMultistepScheduler(Scheduler):
+class UniPCMultistepScheduler(NoiseLevels, Scheduler):
+    flow_form = False  # the variance-preserving form; flow_solvers.py has the flow-matching one
     name = "unipc"
     defaults = dict(  # diffusers' UniPCMultistepScheduler.__init__
         num_train_timesteps=1000,
@@ -51,6 +50,10 @@ class UniPCMultistepScheduler(Scheduler):
         steps_offset=0,
         final_sigmas_type="zero",
         rescale_betas_zero_snr=False,
+        use_flow_sigmas=False,  # the flow-matching form: flow_solvers.py
+        flow_shift=1.0,
+        use_dynamic_shifting=False,
+        time_shift_type="exponential",
         **_UNSUPPORTED,
     )
 
@@ -67,6 +70,8 @@ class UniPCMultistepScheduler(Scheduler):
             extra.append(f"solver_order={c.solver_order!r} (a whole number from 1)")
         if c.final_sigmas_type not in ("zero", "sigma_min"):
             extra.append(f"final_sigmas_type={c.final_sigmas_type!r} (only 'zero' or 'sigma_min')")
+        if c.use_flow_sigmas != self.flow_form:  # the flow form is its own sampler (flow_solvers.py)
+            extra.append(f"use_flow_sigmas={c.use_flow_sigmas!r} (the flow form: {self.name} on a flow-matching model)")
         check_unsupported(c, _UNSUPPORTED, self.name, extra)
         if c.rescale_betas_zero_snr:
             self.alphas_cumprod[-1] = 2**-24  # close to 0 without being 0, so the first σ is not inf (as diffusers)
@@ -102,8 +107,11 @@ class UniPCMultistepScheduler(Scheduler):
             sigmas = np.interp(timesteps, np.arange(0, len(sigmas)), sigmas)
             sigma_last = train_sigmas(self.alphas_cumprod[:1])[0]
 
+        self._set_schedule(sigmas, timesteps, sigma_last)
+
+    def _set_schedule(self, sigmas: np.ndarray, timesteps: np.ndarray, sigma_last) -> None:
         # 3. the last step goes to σ = 0 (x0 itself) or to the smallest σ
-        sigma_last = 0 if c.final_sigmas_type == "zero" else sigma_last
+        sigma_last = 0 if self.config.final_sigmas_type == "zero" else sigma_last
         self.sigmas = np.concatenate([sigmas, [sigma_last]]).astype(np.float32)
         self.timesteps = timesteps.astype(np.int64)
         self.num_inference_steps = len(timesteps)
@@ -119,7 +127,7 @@ class UniPCMultistepScheduler(Scheduler):
                 self.step_index = index_for_timestep(self.timesteps, t, missing=len(self.timesteps) - 1)
 
         # 1. convert the model output to what is integrated: the data prediction x0 (or the noise ε)
-        alpha_t, sigma_t, _ = alpha_sigma_lambda(self.sigmas[self.step_index])
+        alpha_t, sigma_t, _ = self._alpha_sigma_lambda(self.sigmas[self.step_index])
         if c.predict_x0:
             model_output_convert = predict_x0(self.prediction_type, model_output, sample, alpha_t, sigma_t)
         else:
@@ -168,7 +176,7 @@ class UniPCMultistepScheduler(Scheduler):
         """r_k = (λ_s_k − λ_s0)/h and the scaled differences D_k = (m_k − m0)/r_k of the earlier outputs m_k."""
         m0, rks, D1s = self.model_outputs[-1], [], []
         for i in range(1, order):
-            lambda_si = alpha_sigma_lambda(self.sigmas[first - i])[2]
+            lambda_si = self._alpha_sigma_lambda(self.sigmas[first - i])[2]
             rk = (lambda_si - lambda_s0) / h
             rks.append(rk)
             D1s.append((self.model_outputs[-(i + 1)] - m0) / rk)
@@ -177,8 +185,8 @@ class UniPCMultistepScheduler(Scheduler):
     def _predictor_update(self, x: np.ndarray, order: int) -> np.ndarray:
         # 1. α, σ, λ of the next (t) and current (s0) noise levels
         i = self.step_index
-        alpha_t, sigma_t, lambda_t = alpha_sigma_lambda(self.sigmas[i + 1])
-        alpha_s0, sigma_s0, lambda_s0 = alpha_sigma_lambda(self.sigmas[i])
+        alpha_t, sigma_t, lambda_t = self._alpha_sigma_lambda(self.sigmas[i + 1])
+        alpha_s0, sigma_s0, lambda_s0 = self._alpha_sigma_lambda(self.sigmas[i])
         h = lambda_t - lambda_s0
 
         # 2. the differences of the earlier outputs and the coefficients ρ (½ for UniP-2, else the order conditions)
@@ -203,8 +211,8 @@ class UniPCMultistepScheduler(Scheduler):
     def _corrector_update(self, model_t: np.ndarray, x: np.ndarray, x_t: np.ndarray, order: int) -> np.ndarray:
         # 1. α, σ, λ of this (t) and the previous (s0) noise level: the step just taken
         i = self.step_index
-        alpha_t, sigma_t, lambda_t = alpha_sigma_lambda(self.sigmas[i])
-        alpha_s0, sigma_s0, lambda_s0 = alpha_sigma_lambda(self.sigmas[i - 1])
+        alpha_t, sigma_t, lambda_t = self._alpha_sigma_lambda(self.sigmas[i])
+        alpha_s0, sigma_s0, lambda_s0 = self._alpha_sigma_lambda(self.sigmas[i - 1])
         h = lambda_t - lambda_s0
 
         # 2. the differences of the earlier outputs and ρ (½ for UniC-1, else the order conditions)
