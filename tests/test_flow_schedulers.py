@@ -1,6 +1,6 @@
 """The flow-matching samplers against diffusers' FlowMatchEuler/HeunDiscreteScheduler, and DPMSolverMultistep and
-UniPCMultistep schedulers with flow sigmas, step for step: the schedule (timesteps and sigmas bit for bit, with the shift, the dynamic shift
-and Flux's sigmas, shift_terminal), each step to 1e-6, and img2img's forward process."""
+UniPCMultistep schedulers with flow sigmas, step for step: the schedule (timesteps and sigmas bit for bit, with the
+shift, the dynamic shift and Flux's sigmas, shift_terminal), each step to 1e-6, and img2img's forward process."""
 
 from __future__ import annotations
 
