@@ -61,13 +61,14 @@ def variant_folder(arch: str, tmp: Path, edits: dict[str, dict]) -> tuple[Path, 
 
 
 def assert_openvino_matches(folder: Path, ours, prompt: str, **kwargs) -> None:
-    """OpenVINO's image of ``prompt`` against ONNX Runtime's (``ours``, a Pipeline): fp32 ≥ 45 dB, bf16 ≥ 25 dB."""
+    """OpenVINO's image of ``prompt`` against ONNX Runtime's (``ours``, a Pipeline): fp32 ≥ 45 dB, bf16 ≥ 25 dB, int8
+    weights (fp32 compute) ≥ 30 dB."""
     from sdrt.runtime import Pipeline
 
     from parity_helpers import psnr
 
     expected = np.asarray(ours(prompt, **kwargs).images[0])
-    for backend, floor in (("openvino", 45), ("openvino:bf16", 25)):
+    for backend, floor in (("openvino", 45), ("openvino:bf16", 25), ("openvino:int8", 30)):
         with Pipeline.load(folder, backend=backend) as ov:
             assert psnr(np.asarray(ov(prompt, **kwargs).images[0]), expected) > floor, backend
 
