@@ -144,6 +144,37 @@ def test_png_parameters_fill_the_form(server, browser, tmp_path):
     assert Select(browser.find_element(By.ID, "sampler")).first_selected_option.text == "PLMS"
 
 
+def test_flux_page_offers_its_samplers_and_distilled_guidance(export_dir, browser):
+    """On Flux the form lists the samplers the model runs, starts CFG at 1 (true CFG off) and shows Forge's
+    Distilled CFG scale, which reaches the model as its guidance input."""
+    folder = export_dir("tiny-flux")
+    server = Server(folder)
+    try:
+        open_page(browser, server.url)
+        sampler = Select(browser.find_element(By.ID, "sampler"))
+        assert [o.text for o in sampler.options] == ["Euler", "Heun", "DPM++ 2M", "UniPC"]
+        assert sampler.first_selected_option.text == "Euler"
+        distilled = browser.find_element(By.ID, "distilled_cfg_scale")
+        assert distilled.is_displayed() and distilled.get_attribute("value") == "3.5"
+        assert browser.find_element(By.ID, "cfg_scale").get_attribute("value") == "1"
+        fill(browser, prompt=PROMPT, negative_prompt="", seed=5, steps=3, width=64, height=64, distilled_cfg_scale=2.5)
+        browser.find_element(By.ID, "generate").click()
+        figure = _wait_for_results(browser, 1)[0]
+        with Pipeline.load(folder) as pipe:
+            alone = pipe(PROMPT, seed=5, num_inference_steps=3, height=64, width=64, guidance_scale=2.5).images[0]
+        image = np.asarray(_image_of(figure).convert("RGB"), np.int16)
+        assert np.abs(image - np.asarray(alone, np.int16)).max() <= 1
+        assert "Distilled CFG Scale: 2.5" in figure.find_element(By.CSS_SELECTOR, ".infotext").text
+    finally:
+        server.close()
+
+
+def test_sd_page_hides_the_distilled_guidance(server, browser):
+    open_page(browser, server.url)
+    assert not browser.find_element(By.ID, "distilled_cfg_scale").is_displayed()
+    assert "DPM++ 2M Karras" in [o.text for o in Select(browser.find_element(By.ID, "sampler")).options]
+
+
 def _document_status(browser, url: str) -> int:
     """The HTTP status of the browser's last response for ``url`` (from its network log)."""
     events = [json.loads(entry["message"])["message"] for entry in browser.get_log("performance")]

@@ -22,8 +22,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ValidationError
 
 from ..errors import SdrtError, UserInputError
+from ..families import FAMILIES
 from ..manifest import load_manifest
-from ..runtime.schedulers import a1111_name, default_sampler
+from ..runtime.schedulers import a1111_name, default_sampler, model_samplers
 from . import a1111, controlnet_api, settings
 from .access import Limits, authorized
 from .batcher import Batcher, QueueFull
@@ -364,11 +365,16 @@ def _model_entry(title: str, name: str, digest: str, filename: str) -> dict:
 
 
 def _model_defaults(service: Service) -> dict:
-    """sdrt's addition to a model entry, for the page and clients: the export's native size, sizes, batch, sampler."""
+    """sdrt's addition to a model entry, for the page and clients: the export's native size, sizes, batch, the
+    samplers it runs and its default; for Flux its distilled CFG scale (the guidance input) and a CFG scale of 1
+    (true CFG off), as Forge starts it."""
     manifest = service.pipe.manifest if service.ready else load_manifest(service.folder)
+    family = FAMILIES[manifest.family]
+    config = manifest.scheduler_config
+    guidance = {"cfg_scale": 1.0, "distilled_cfg_scale": family.default_guidance} if family.distilled_guidance else {}
     return {"default_size": manifest.default_size, "size_range": list(manifest.size_range),
-            "max_batch": service.max_batch, "default_sampler": a1111_name(default_sampler(manifest.scheduler_config)),
-            "family": manifest.family}
+            "max_batch": service.max_batch, "default_sampler": a1111_name(default_sampler(config)),
+            "samplers": [a1111_name(s) for s in model_samplers(config)], "family": manifest.family, **guidance}
 
 
 def _check_model(service: Service, model) -> None:

@@ -146,6 +146,7 @@ __all__ = [
     "diffusers_equivalent",
     "make_scheduler",
     "model_sampler",
+    "model_samplers",
 ]
 
 

@@ -57,7 +57,13 @@ async function start() {
       if (info.size_range) [$(id).min, $(id).max] = info.size_range;
     }
     if (info.max_batch) $("batch_size").max = info.max_batch;
-    fillSelect($("sampler"), samplers.map((s) => s.name), info.default_sampler);
+    // the samplers this model runs (a flow model: Euler, Heun, DPM++ 2M, UniPC), else every one the API lists
+    fillSelect($("sampler"), info.samplers || samplers.map((s) => s.name), info.default_sampler);
+    if (info.cfg_scale) $("cfg_scale").value = info.cfg_scale;
+    // Flux: its guidance is an input of the model (Forge's "Distilled CFG scale"); CFG scale is then true CFG
+    const distilled = info.distilled_cfg_scale !== undefined;
+    for (const el of document.querySelectorAll(".distilled")) el.hidden = !distilled;
+    if (distilled) $("distilled_cfg_scale").value = info.distilled_cfg_scale;
   } catch (e) {
     say(`Cannot reach the server: ${e.message}`, true);
     return;
@@ -101,6 +107,7 @@ function request() {
     steps: number("steps"), cfg_scale: number("cfg_scale"), width: number("width"), height: number("height"),
     seed: number("seed"), batch_size: number("batch_size"),
   };
+  if (!$("distilled_cfg_scale").hidden) body.distilled_cfg_scale = number("distilled_cfg_scale");
   if (mode() !== "txt2img") {
     if (!state.initImage) throw new Error("Choose an input image first (or drop one on the Input image box).");
     Object.assign(body, { init_images: [state.initImage], denoising_strength: number("denoising_strength") });
@@ -233,7 +240,7 @@ async function readParameters(dataUrl) {
   const { info, parameters } = await response.json();
   if (!info) return say("This PNG has no generation parameters.", true);
   const fields = { prompt: "Prompt", negative_prompt: "Negative prompt", steps: "Steps", cfg_scale: "CFG scale",
-                   seed: "Seed", width: "Size-1", height: "Size-2" };
+                   distilled_cfg_scale: "Distilled CFG Scale", seed: "Seed", width: "Size-1", height: "Size-2" };
   for (const [id, key] of Object.entries(fields)) {
     if (parameters[key] !== undefined) $(id).value = parameters[key];
   }
