@@ -46,7 +46,8 @@ SCHEDULERS: dict[str, type[Scheduler]] = {
 SCHEDULER_NAMES = tuple(SCHEDULERS)
 # A flow-matching model (SD 3, Flux) samples with these alone; AUTOMATIC1111's names ask for them there.
 FLOW_SAMPLERS = {"euler": "flow-euler", "heun": "flow-heun", "dpm++2m": "flow-dpm++2m", "unipc": "flow-unipc"}
-FLOW_SOLVERS = {"flow-dpm++2m": "dpm++2m", "flow-unipc": "unipc"}  # flow forms of the multistep solvers: diffusers' class + flow_solver_config
+# the multistep solvers' flow forms: diffusers' class of the plain one, with flow_solver_config
+FLOW_SOLVERS = {"flow-dpm++2m": "dpm++2m", "flow-unipc": "unipc"}
 
 # AUTOMATIC1111's display names, as written into PNG infotext.
 A1111_NAMES = {

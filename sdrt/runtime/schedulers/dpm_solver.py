@@ -68,7 +68,8 @@ class DPMSolverMultistepScheduler(NoiseLevels, Scheduler):
         if c.final_sigmas_type not in ("zero", "sigma_min"):
             unsupported.append(f"final_sigmas_type={c.final_sigmas_type!r} (only 'zero' or 'sigma_min')")
         if c.use_flow_sigmas != self.flow_form:  # the flow form is its own sampler (flow_solvers.py)
-            unsupported.append(f"use_flow_sigmas={c.use_flow_sigmas!r} (the flow form: {self.name} on a flow-matching model)")
+            unsupported.append(f"use_flow_sigmas={c.use_flow_sigmas!r} (the flow form is {self.name} on a "
+                               "flow-matching model)")
         check_unsupported(c, _UNSUPPORTED, self.name, unsupported)
         if c.rescale_betas_zero_snr:
             self.alphas_cumprod[-1] = 2**-24  # close to 0 without being 0, so the first σ is not inf (as diffusers)
@@ -197,4 +198,3 @@ class DPMSolverMultistepKarrasScheduler(DPMSolverMultistepScheduler):
 
     def __init__(self, config: dict | None = None, *, use_karras_sigmas: bool = True):
         super().__init__(config, use_karras_sigmas=use_karras_sigmas)
-

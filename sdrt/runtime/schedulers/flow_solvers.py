@@ -53,7 +53,8 @@ class FlowSolver:
 
     def predict_x0(self, model_output: np.ndarray, sample: np.ndarray, t) -> np.ndarray:
         """x0 = x − σ·v at the model's input timestep ``t`` (previews)."""
-        return sample - self.sigmas[index_for_timestep(self.timesteps, t, missing=len(self.timesteps) - 1)] * model_output
+        sigma = self.sigmas[index_for_timestep(self.timesteps, t, missing=len(self.timesteps) - 1)]
+        return sample - sigma * model_output
 
 
 class FlowDPMSolverMultistepScheduler(FlowSolver, DPMSolverMultistepScheduler):

@@ -71,7 +71,7 @@ class UniPCMultistepScheduler(NoiseLevels, Scheduler):
         if c.final_sigmas_type not in ("zero", "sigma_min"):
             extra.append(f"final_sigmas_type={c.final_sigmas_type!r} (only 'zero' or 'sigma_min')")
         if c.use_flow_sigmas != self.flow_form:  # the flow form is its own sampler (flow_solvers.py)
-            extra.append(f"use_flow_sigmas={c.use_flow_sigmas!r} (the flow form: {self.name} on a flow-matching model)")
+            extra.append(f"use_flow_sigmas={c.use_flow_sigmas!r} (the flow form is {self.name} on a flow-matching model)")
         check_unsupported(c, _UNSUPPORTED, self.name, extra)
         if c.rescale_betas_zero_snr:
             self.alphas_cumprod[-1] = 2**-24  # close to 0 without being 0, so the first σ is not inf (as diffusers)
