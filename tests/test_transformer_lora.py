@@ -210,6 +210,16 @@ def test_sd3_kohya_lora_in_mmdit_names_equals_its_diffusers_names(sd3, reference
     assert np.abs(pipe(PROMPT, **kw).latents - ours.latents).max() > 1e-3, "the LoRA changed nothing"
 
 
+def test_t5_layers_are_named_as_not_matched(sd3, caplog):
+    """T5 has no LoRA sites: a file's T5 layers (kohya's lora_te3_) are named in the warning, the rest applied."""
+    pipe, folder = sd3
+    _kohya_layers(folder, "with-t5", {"lora_unet_context_embedder": (32, 64),
+                                      "lora_te3_encoder_block_0_layer_0_SelfAttention_q": (64, 64)}, seed=2)
+    with caplog.at_level("WARNING", logger="sdrt"):
+        pipe(PROMPT, seed=1, loras={"with-t5": 1}, **SD3_KW)
+    assert "1 of its 2 layers matched" in caplog.text and "text_encoder_3: encoder_block_0" in caplog.text
+
+
 def test_loras_that_do_not_fit_the_transformer_say_why(flux, sd3, reference_pipeline, tmp_path):
     pipe, folder = flux
     _kohya_layers(folder, "wide", {"lora_unet_double_blocks_0_img_attn_qkv": (3 * 3072, 3072)}, seed=1)

@@ -23,10 +23,12 @@ PREFIXES = {
     "lora_transformer_": ("unet", "kohya"),  # diffusers' names underscored (some Flux trainers)
     "lora_te1_": ("text_encoder", "kohya"),
     "lora_te2_": ("text_encoder_2", "kohya"),
+    "lora_te3_": ("text_encoder_3", "kohya"),  # SD 3's T5: it has no sites, so named among the layers not matched
     "lora_te_": ("text_encoder", "kohya"),
     "unet.": ("unet", "dotted"),
     "transformer.": ("unet", "dotted"),
     "diffusion_model.": ("unet", "dotted"),
+    "text_encoder_3.": ("text_encoder_3", "dotted"),
     "text_encoder_2.": ("text_encoder_2", "dotted"),
     "text_encoder.": ("text_encoder", "dotted"),
 }
