@@ -1,7 +1,7 @@
 """Textual-inversion embeddings, against diffusers' ``load_textual_inversion`` from a seed alone (SD 1.x with
 AUTOMATIC1111's and diffusers' file formats, one and several vectors, in the prompt and the negative prompt; SDXL's
 clip_l / clip_g pairs), and AUTOMATIC1111's rules: names found by their tokens, the longest first, vectors moved
-whole to the next chunk, files that do not fit skipped with the reason."""
+whole to the next chunk, files that do not fit skipped with the reason; SD 3's and Flux's CLIP encoders, exactly."""
 
 from __future__ import annotations
 
@@ -82,6 +82,26 @@ def test_sdxl_clip_l_and_clip_g_match_diffusers(export_dir, reference_pipeline, 
         ours = pipe(prompt, seed=3, scheduler="euler", **KW)
     assert psnr(ours.images[0], expected) > 45
     assert "TI hashes" in ours.parameters[0]
+
+
+@pytest.mark.parametrize("model, other_text", [("tiny-sd3", "prompt_3"), ("tiny-flux", "prompt_2")])
+def test_sd3_and_flux_clip_encoders_read_embeddings(export_dir, reference_pipeline, tmp_path, model, other_text):
+    """diffusers has no textual inversion for SD 3 or Flux: the check is exact instead. An embedding (SDXL's
+    clip_l / clip_g pair; Flux: clip_l) holding the CLIP token embeddings of "circle" must give the image of the
+    word itself, with T5 given the same text."""
+    pipe = reference_pipeline(model)
+    encoders = {"clip_l": (pipe.tokenizer, pipe.text_encoder)}
+    if model == "tiny-sd3":  # Flux's second encoder is T5
+        encoders["clip_g"] = (pipe.tokenizer_2, pipe.text_encoder_2)
+    vectors = {key: encoder.get_input_embeddings().weight[tokenizer("circle", add_special_tokens=False).input_ids]
+               .detach().contiguous() for key, (tokenizer, encoder) in encoders.items()}
+    save_file(vectors, str(tmp_path / "roundthing.safetensors"))
+    kw = {**KW, "height": 64, "width": 96, "seed": 4, "scheduler": "euler", other_text: "a red circle"}
+    with Pipeline.load(export_dir(model), embeddings_dir=tmp_path) as ours:
+        named, word = ours("a red roundthing", **kw), ours("a red circle", **kw)
+        other = ours("a red square", **kw)
+    assert np.array_equal(named.latents, word.latents) and "TI hashes: \"roundthing: " in named.parameters[0]
+    assert np.abs(other.latents - word.latents).max() > 1e-2, "the word changed nothing"
 
 
 def test_openvino_reads_the_vectors_as_onnx_runtime(export_dir, embeddings):
