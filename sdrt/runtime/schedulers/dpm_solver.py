@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from .common import Scheduler, as_f32, check_unsupported, index_for_timestep, predict_x0
-from .sigmas import NoiseLevels, karras_sigmas, sigma_to_t, solver_timesteps, train_sigmas, vp_add_noise
+from .sigmas import NoiseLevels, karras_sigmas, sigma_to_t, solver_timesteps, train_sigmas
 
 # Options of diffusers' class that sdrt does not implement: each must keep its default.
 _UNSUPPORTED = dict(
@@ -185,10 +185,6 @@ class DPMSolverMultistepScheduler(NoiseLevels, Scheduler):
 
     def _index_for_timestep(self, t) -> int:
         return index_for_timestep(self.timesteps, t, missing=len(self.timesteps) - 1)
-
-    def add_noise(self, original: np.ndarray, noise: np.ndarray, timesteps) -> np.ndarray:
-        """x_t = α_t·x0 + σ_t·ε at the σ of each timestep (of ``begin_index`` or the current step when set)."""
-        return vp_add_noise(self, original, noise, timesteps)
 
 
 class DPMSolverMultistepKarrasScheduler(DPMSolverMultistepScheduler):

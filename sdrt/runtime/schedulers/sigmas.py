@@ -94,27 +94,6 @@ def alpha_sigma(sigma):
     return alpha_t, sigma * alpha_t
 
 
-def alpha_sigma_lambda(sigma):
-    """α_t, σ_t and the half log-SNR λ_t = log α_t − log σ_t (inf at σ = 0)."""
-    alpha_t, sigma_t = alpha_sigma(sigma)
-    with np.errstate(divide="ignore"):
-        return alpha_t, sigma_t, np.log(alpha_t) - np.log(sigma_t)
-
-
-class NoiseLevels:
-    """α_t, σ_t and λ_t of a noise level σ for the multistep solvers: the variance-preserving forms above; their
-    flow-matching forms (``flow_solvers.py``) replace ``_alpha_sigma``."""
-
-    @staticmethod
-    def _alpha_sigma(sigma):
-        return alpha_sigma(sigma)
-
-    def _alpha_sigma_lambda(self, sigma):
-        alpha_t, sigma_t = self._alpha_sigma(sigma)
-        with np.errstate(divide="ignore"):
-            return alpha_t, sigma_t, np.log(alpha_t) - np.log(sigma_t)
-
-
 def noising_indices(scheduler, timesteps, missing: int | None = None) -> list[int]:
     """The σ index ``add_noise`` uses for each timestep, as diffusers: found in ``timesteps`` without a
     ``begin_index``; else the current step (inpainting, after the first step) or ``begin_index`` (img2img)."""
@@ -126,12 +105,26 @@ def noising_indices(scheduler, timesteps, missing: int | None = None) -> list[in
     return [scheduler.begin_index] * len(timesteps)
 
 
-def vp_add_noise(scheduler, original: np.ndarray, noise: np.ndarray, timesteps) -> np.ndarray:
-    """x_t = α_t·x0 + σ_t·ε at the σ of each timestep (the multistep solvers' ``add_noise``; their own α_t, σ_t)."""
-    indices = noising_indices(scheduler, timesteps, missing=len(scheduler.timesteps) - 1)
-    sigma = scheduler.sigmas.astype(original.dtype)[indices].reshape((-1,) + (1,) * (original.ndim - 1))
-    alpha_t, sigma_t = getattr(scheduler, "_alpha_sigma", alpha_sigma)(sigma)
-    return alpha_t * original + sigma_t * noise
+class NoiseLevels:
+    """α_t, σ_t and the half log-SNR λ_t of a noise level σ for the multistep solvers, and their forward process:
+    the variance-preserving forms above; their flow-matching forms (``flow_solvers.py``) replace ``_alpha_sigma``."""
+
+    @staticmethod
+    def _alpha_sigma(sigma):
+        return alpha_sigma(sigma)
+
+    def _alpha_sigma_lambda(self, sigma):
+        """α_t, σ_t and λ_t = log α_t − log σ_t (inf at σ = 0)."""
+        alpha_t, sigma_t = self._alpha_sigma(sigma)
+        with np.errstate(divide="ignore"):
+            return alpha_t, sigma_t, np.log(alpha_t) - np.log(sigma_t)
+
+    def add_noise(self, original: np.ndarray, noise: np.ndarray, timesteps) -> np.ndarray:
+        """x_t = α_t·x0 + σ_t·ε at the σ of each timestep (of ``begin_index`` or the current step when set)."""
+        indices = noising_indices(self, timesteps, missing=len(self.timesteps) - 1)
+        sigma = self.sigmas.astype(original.dtype)[indices].reshape((-1,) + (1,) * (original.ndim - 1))
+        alpha_t, sigma_t = self._alpha_sigma(sigma)
+        return alpha_t * original + sigma_t * noise
 
 
 def predict_x0_from_sigma(prediction_type: str, model_output, sample, sigma):

@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from .common import Scheduler, as_f32, check_unsupported, index_for_timestep, predict_epsilon, predict_x0
-from .sigmas import NoiseLevels, karras_sigmas, sigma_to_t, solver_timesteps, train_sigmas, vp_add_noise
+from .sigmas import NoiseLevels, karras_sigmas, sigma_to_t, solver_timesteps, train_sigmas
 
 _UNSUPPORTED = dict(
     thresholding=False,
@@ -229,7 +229,3 @@ class UniPCMultistepScheduler(NoiseLevels, Scheduler):
             return x_t_ - alpha_t * B_h * (corr_res + rhos_c[-1] * D1_t)
         x_t_ = alpha_t / alpha_s0 * x - sigma_t * h_phi_1 * m0
         return x_t_ - sigma_t * B_h * (corr_res + rhos_c[-1] * D1_t)
-
-    def add_noise(self, original: np.ndarray, noise: np.ndarray, timesteps) -> np.ndarray:
-        """x_t = α_t·x0 + σ_t·ε at the σ of each timestep (of ``begin_index`` or the current step when set)."""
-        return vp_add_noise(self, original, noise, timesteps)
