@@ -204,6 +204,14 @@ def optimizer_step(opt, loss, params, max_norm: float = 1.0) -> float:
     return loss.item()
 
 
+def run_timed(main) -> int:
+    """``main()``'s exit code, after printing how long it took (the add-on training scripts' entry point)."""
+    t0 = time.perf_counter()
+    code = main()
+    print(f"done in {(time.perf_counter() - t0) / 60:.1f} min")
+    return code
+
+
 def loop_summary(steps: int, seconds: float, losses: list[float], batch_size: int, params) -> dict:
     """What a model card says of an add-on's training loop."""
     return {"steps": steps, "seconds": round(seconds, 1), "batch_size": batch_size,

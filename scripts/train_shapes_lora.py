@@ -22,14 +22,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_shapes import (REPO, Log, batches, encode_latents, frozen_shapes, loop_summary, machine_info,  # noqa: E402
-                          optimizer_step, min_snr_schedule, timed_loop)
+                          optimizer_step, min_snr_schedule, run_timed, timed_loop)
 
 from sdrt import shapes  # noqa: E402
 
@@ -206,7 +205,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    t0 = time.perf_counter()
-    code = main()
-    print(f"done in {(time.perf_counter() - t0) / 60:.1f} min")
-    sys.exit(code)
+    sys.exit(run_timed(main))
