@@ -33,6 +33,11 @@ def calculate_shift(image_tokens: int, base_seq_len: int = 256, max_seq_len: int
     return image_tokens * m + base_shift - m * base_seq_len
 
 
+def shifted(sigmas, shift: float):
+    """σ moved towards 1 by ``shift`` (SD 3's 3.0): shift·σ / (1 + (shift − 1)·σ), as diffusers writes it."""
+    return shift * sigmas / (1 + (shift - 1) * sigmas)
+
+
 def flow_schedule(manifest, steps: int, height: int, width: int, custom_sigmas: bool = True) -> dict:
     """What a flow sampler's schedule takes for ``steps`` steps at this image size, as the family's diffusers
     pipeline gives it: Flux's σ spaced as linspace(1, 1/n, n) (to a sampler that takes ``custom_sigmas``), and μ
@@ -75,8 +80,7 @@ class FlowMatchScheduler(Scheduler):
         return "flow"
 
     def _shifted(self, sigmas: np.ndarray) -> np.ndarray:
-        shift = self.config.shift
-        return shift * sigmas / (1 + (shift - 1) * sigmas)
+        return shifted(sigmas, self.config.shift)
 
     def _spaced_sigmas(self, n: int, sigmas: np.ndarray | None, mu: float | None) -> np.ndarray:
         """The n sigmas of the schedule (before the final 0), as diffusers' ``set_timesteps``: evenly spaced in t

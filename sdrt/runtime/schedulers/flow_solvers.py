@@ -16,6 +16,7 @@ import numpy as np
 from ...errors import UserInputError
 from .common import index_for_timestep
 from .dpm_solver import DPMSolverMultistepScheduler
+from .flow_match import shifted
 from .unipc import UniPCMultistepScheduler
 
 
@@ -65,7 +66,7 @@ class FlowDPMSolverMultistepScheduler(FlowSolver, DPMSolverMultistepScheduler):
     def set_timesteps(self, num_inference_steps: int, mu: float | None = None) -> None:
         n, T, shift = self._check_steps(num_inference_steps), self.config.num_train_timesteps, self._shift(mu)
         sigmas = 1.0 - np.linspace(1, 1 / T, n + 1)
-        sigmas = np.flip(shift * sigmas / (1 + (shift - 1) * sigmas))[:-1].copy()
+        sigmas = np.flip(shifted(sigmas, shift))[:-1].copy()
         self._set_schedule(sigmas, sigmas * T)
 
 
@@ -87,8 +88,7 @@ class FlowUniPCMultistepScheduler(FlowSolver, UniPCMultistepScheduler):
             shift = self._shift(mu)
             sigmas = shift / (shift + (1 / sigmas - 1))
         else:
-            shift = self.config.flow_shift
-            sigmas = shift * sigmas / (1 + (shift - 1) * sigmas)
+            sigmas = shifted(sigmas, self.config.flow_shift)
         if abs(sigmas[0] - 1) < 1e-6:
             sigmas[0] -= 1e-6
         self._set_schedule(sigmas, sigmas * T, sigmas[-1])
